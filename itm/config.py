@@ -1,0 +1,134 @@
+"""All of itm's settings, in one place.
+
+Each field is a command-line flag of ``python -m itm.run`` (``--batch-size``) and an
+environment variable (``ITM_BATCH_SIZE``); the flag wins over the variable, the
+variable over the default. The API reads the same settings from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "ITM_"
+
+
+def _opt(default: object, help: str) -> typing.Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the job and the API, with the default a laptop wants."""
+
+    urls: Path = _opt(Path("urls.txt"), "input file: one image URL a line")
+    mongo_uri: str | None = _opt(
+        None, "MongoDB URI; without one, itm starts its embedded SecantusDB server"
+    )
+    db: str = _opt("itm", "database name")
+    ray_address: str | None = _opt(
+        None, "Ray cluster to join ('auto' for the one started by `ray start`); none: local Ray"
+    )
+    serve: bool = _opt(True, "after the job, serve the API until Ctrl-C")
+    host: str = _opt("127.0.0.1", "address the API listens on (0.0.0.0 in a container)")
+    port: int = _opt(5000, "port of the API")
+    dashboard: bool = _opt(True, "start the Ray dashboard (port 8265) with a local Ray")
+    resume: str | None = _opt(
+        None, "run id to resume: lines that already have an outcome are skipped"
+    )
+    data_dir: Path = _opt(Path(".itm"), "where the embedded MongoDB keeps its data and log")
+    concurrency: int = _opt(
+        64, "downloads in flight across the cluster (I/O-bound, not capped by CPUs)"
+    )
+    batch_size: int = _opt(16, "input lines per Ray task and per writer call")
+    connect_timeout: float = _opt(5.0, "seconds to open a connection")
+    read_timeout: float = _opt(10.0, "seconds to wait for the next bytes of a response")
+    deadline: float = _opt(30.0, "seconds one URL may take in all, retries and redirects included")
+    retries: int = _opt(2, "retries of a transient download failure (reset, 429, 502, 503, 504)")
+    max_redirects: int = _opt(5, "redirects followed per URL")
+    max_bytes: int = _opt(50_000_000, "largest download accepted, counted while streaming")
+    max_pixels: int = _opt(50_000_000, "largest image decoded (width x height): bomb guard")
+    png_level: int = _opt(1, "zlib level of the stored grayscale PNG (0-9)")
+    mongo_retry_seconds: float = _opt(60.0, "how long the writer retries while MongoDB is away")
+
+    def __post_init__(self) -> None:
+        for name in ("concurrency", "batch_size", "port", "max_bytes", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("connect_timeout", "read_timeout", "deadline"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.retries < 0 or self.max_redirects < 0:
+            raise ValueError("retries and max_redirects cannot be negative")
+        if not 0 <= self.png_level <= 9:
+            raise ValueError("png_level must be between 0 and 9")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``ITM_*`` variables over the defaults (what the API uses)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = _parse(_base_type(f), raw)
+        return cls(**values)
+
+    @classmethod
+    def from_args(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Settings from command-line flags over ``ITM_*`` variables over the defaults."""
+        env = cls.from_env(environ)
+        parser = argparse.ArgumentParser(
+            prog="python -m itm.run",
+            description="Download every image of a URL list on Ray, store its MD5 and "
+            "grayscale in MongoDB, then serve the API. Every flag is also an ITM_* "
+            "environment variable (--batch-size is ITM_BATCH_SIZE).",
+        )
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            kind = _base_type(f)
+            env_name = ENV_PREFIX + f.name.upper()
+            helptext = f"{f.metadata['help']} [env {env_name}; default: %(default)s]"
+            if kind is bool:
+                parser.add_argument(
+                    flag, action=argparse.BooleanOptionalAction,
+                    default=getattr(env, f.name), help=helptext,
+                )
+            else:
+                parser.add_argument(
+                    flag, type=kind, default=getattr(env, f.name),
+                    metavar=f.name.upper(), help=helptext,
+                )
+        args = parser.parse_args(argv)
+        try:
+            return cls(**vars(args))
+        except ValueError as exc:
+            parser.error(str(exc))
+            raise  # unreachable: parser.error exits
+
+
+def _base_type(f: dataclasses.Field) -> type:
+    """The concrete type of a field: ``str`` for ``str | None``."""
+    hint = typing.get_type_hints(Settings)[f.name]
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _parse(kind: type, raw: str) -> object:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        raise ValueError(f"not a boolean: {raw!r}")
+    return kind(raw)

@@ -1,0 +1,97 @@
+"""Pure image logic: MD5, safe decoding, exact (R + G + B) // 3 grayscale, PNG encoding.
+
+No Ray and no MongoDB here, so every step can be read and tested alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from itm.errors import Failure
+
+# Modes whose gray value is already the single channel: (v + v + v) // 3 == v.
+_SINGLE_CHANNEL = {"L", "1"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+
+
+@dataclass(frozen=True)
+class GrayImage:
+    """The stored form of an image: its grayscale PNG and the size after EXIF orientation."""
+
+    png: bytes
+    width: int
+    height: int
+    mode: str  # "L", or "LA" when the source has transparency
+
+
+def md5_hex(data: bytes | memoryview | np.ndarray) -> str:
+    """Lowercase hex MD5 of the downloaded bytes (any buffer; no copy)."""
+    return hashlib.md5(data).hexdigest()
+
+
+def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Image:
+    """Decode the first frame of a raster image, upright (EXIF orientation applied).
+
+    The pixel count is checked from the header, before any pixel is decoded, so a
+    small file that claims a huge canvas (a decompression bomb) costs nothing.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise Failure("decompression_bomb", str(exc)) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise Failure("not_an_image", f"not a raster image Pillow can read: {exc}") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise Failure(
+            "decompression_bomb",
+            f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}",
+        )
+    try:
+        image.load()  # the first frame only, for animated GIF/WebP/PNG
+        return ImageOps.exif_transpose(image)
+    # Pillow signals corrupt data with many exception types, truncation included.
+    except Exception as exc:
+        raise Failure("not_an_image", f"cannot decode {image.format} data: {exc}") from None
+
+
+def gray_of_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Exact ``(R + G + B) // 3`` of an HxWx3 uint8 array, vectorized (uint16 sums)."""
+    return (rgb.sum(axis=2, dtype=np.uint16) // 3).astype(np.uint8)
+
+
+def to_gray(image: Image.Image) -> tuple[np.ndarray, str]:
+    """The grayscale pixels of any mode, with alpha kept: (array, "L" | "LA").
+
+    Every mode goes through 8-bit RGB (Pillow's own conversion) except those whose
+    gray is already one channel; 16-bit gray keeps its 8 high bits.
+    """
+    if image.mode in _SIXTEEN_BIT:
+        return (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8), "L"
+    if image.mode == "LA":
+        return np.asarray(image), "LA"
+    if image.has_transparency_data:
+        rgba = np.asarray(image.convert("RGBA"))
+        return np.dstack((gray_of_rgb(rgba[..., :3]), rgba[..., 3])), "LA"
+    if image.mode in _SINGLE_CHANNEL:
+        return np.asarray(image.convert("L")), "L"
+    return gray_of_rgb(np.asarray(image.convert("RGB"))), "L"
+
+
+def encode_png(pixels: np.ndarray, level: int) -> bytes:
+    """PNG bytes of a gray (HxW, mode L) or gray+alpha (HxWx2, LA) uint8 array."""
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=level)
+    return out.getvalue()
+
+
+def grayscale_png(data: bytes | memoryview | np.ndarray, max_pixels: int, level: int) -> GrayImage:
+    """Downloaded bytes → the stored grayscale image; raises ``Failure`` on bad data."""
+    pixels, mode = to_gray(decode(data, max_pixels))
+    height, width = pixels.shape[:2]
+    return GrayImage(encode_png(pixels, level), width, height, mode)

@@ -1,0 +1,48 @@
+"""Joining a Ray cluster, or starting a local one that stays on loopback."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+from ray._private import ray_constants
+from ray.client_builder import BaseContext
+
+# A local Ray on a laptop: no token auth (it breaks the dashboard API and the
+# `ray`/`serve` CLIs), no usage stats, and every service bound to 127.0.0.1
+# (Ray 2.60 binds to all interfaces unless this cluster mode is turned off).
+LOCAL_ENV = {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+}
+
+
+def init_ray(
+    address: str | None, dashboard: bool = True, num_cpus: int | None = None
+) -> str | None:
+    """Connect to ``address`` (``auto``, ``ray://…``, ``host:port``) or start a local Ray.
+
+    For a local Ray, environment variables the user set win over ``LOCAL_ENV``.
+    Returns the dashboard URL, if a dashboard runs.
+    """
+    if ray.is_initialized():
+        return None
+    if address:
+        return _dashboard(ray.init(address=address, log_to_driver=False))
+    for key, value in LOCAL_ENV.items():
+        os.environ.setdefault(key, value)
+    # Ray read this variable when it was imported, before we could set it; its
+    # children read it at their start and bind to loopback, so the driver must too.
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    return _dashboard(ray.init(
+        num_cpus=num_cpus,
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        log_to_driver=False,
+    ))
+
+
+def _dashboard(context: BaseContext) -> str | None:
+    url = context.dashboard_url
+    return f"http://{url}" if url and not url.startswith("http") else url or None

@@ -1,0 +1,161 @@
+"""``python -m itm.run``: run the job on a URL list, print a summary, then serve the API.
+
+Exit codes: 0 when the job ran to its end (failed URLs are data, not crashes);
+1 when the job could not run (input missing, MongoDB or Ray unreachable); 2 for
+bad flags; 130 on Ctrl-C during the job (resume it with ``--resume RUN_ID``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import secrets
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+from pymongo.errors import PyMongoError
+from tqdm import tqdm
+
+from itm.config import Settings
+from itm.embedded import EmbeddedMongo, EmbeddedMongoError
+from itm.pipeline import Line, run_batches
+from itm.ray_runtime import init_ray
+from itm.store import connect
+from itm.writer import Counts, MongoUnavailable, WriterActor
+
+
+class JobError(RuntimeError):
+    """The job itself could not run; the message says why."""
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC time plus a random suffix."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+def read_lines(path: Path, skip: set[int]) -> Iterator[Line]:
+    """Stream ``(number, text)`` of each line, 1-based, without the lines in ``skip``.
+
+    Bytes that are not UTF-8 become U+FFFD, which the URL check then refuses.
+    """
+    with path.open(encoding="utf-8", errors="replace", newline=None) as lines:
+        for number, text in enumerate(lines, start=1):
+            if number not in skip:
+                yield number, text.rstrip("\n")
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as data:
+        return sum(1 for _ in data)
+
+
+def check_mongo(uri: str) -> None:
+    client = connect(uri)
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise JobError(f"MongoDB at {uri} is unreachable: {exc}") from None
+    finally:
+        client.close()
+
+
+def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, float]:
+    """Process the input file on the already-initialized Ray; return (totals, seconds)."""
+    writer = WriterActor.remote(mongo_uri, settings.db, settings.mongo_retry_seconds)
+    try:
+        done = ray.get(writer.start_run.remote(run_id, str(settings.urls), bool(settings.resume)))
+    except ValueError as exc:
+        raise JobError(str(exc)) from None
+    print(f"itm: run {run_id} on {settings.urls}"
+          + (f", resuming after {len(done)} lines already done" if done else ""))
+    started = time.perf_counter()
+    total = count_lines(settings.urls) - len(done)
+    with tqdm(total=total, unit="line", dynamic_ncols=True) as bar:
+        seen = Counts()
+
+        def progress(counts: Counts) -> None:
+            seen.add(counts)
+            bar.set_postfix(ok=seen.success, errors=seen.error, dup=seen.duplicates, refresh=False)
+            bar.update(counts.lines)
+
+        run_batches(read_lines(settings.urls, set(done)), writer, run_id, settings, progress)
+    totals = ray.get(writer.finish_run.remote(run_id))
+    return totals, time.perf_counter() - started
+
+
+def summary(run_id: str, totals: Counts, seconds: float) -> str:
+    reasons = ", ".join(f"{reason} {n}" for reason, n in totals.reasons.most_common()) or "none"
+    return "\n".join([
+        f"run {run_id}: {totals.lines} lines in {seconds:.1f} s "
+        f"({totals.success / seconds if seconds else 0:.1f} images/s)",
+        f"  success    {totals.success} ({totals.success - totals.duplicates} new images, "
+        f"{totals.duplicates} duplicates of stored ones)",
+        f"  errors     {totals.error} ({reasons})",
+    ])
+
+
+def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
+    from ray import serve
+
+    from itm.serving import serve_api
+
+    serve_api(settings)
+    base = f"http://{'localhost' if settings.host in ('0.0.0.0', '127.0.0.1') else settings.host}"
+    base += f":{settings.port}"
+    print(f"\nAPI on {base}/ : dashboard {base}/ , histogram {base}/monitoring ,"
+          f" images {base}/images , one image {base}/image/<md5>")
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}")
+    print("Ctrl-C to stop.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nitm: stopping the API")
+    finally:
+        serve.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        settings = Settings.from_args(argv)
+    except ValueError as exc:  # a malformed ITM_* variable
+        print(f"itm: {exc}", file=sys.stderr)
+        return 2
+    run_id = settings.resume or new_run_id()
+    try:
+        if not settings.urls.is_file():
+            raise JobError(f"input file not found: {settings.urls}")
+        with contextlib.ExitStack() as stack:
+            mongo_uri = settings.mongo_uri
+            if mongo_uri is None:
+                print(f"itm: starting the embedded MongoDB (data in {settings.data_dir}/mongo)")
+                mongo_uri = stack.enter_context(EmbeddedMongo(settings.data_dir))
+            check_mongo(mongo_uri)
+            try:
+                dashboard = init_ray(settings.ray_address, settings.dashboard and settings.serve)
+            except ConnectionError as exc:
+                raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
+            stack.callback(ray.shutdown)
+            totals, seconds = run_job(settings, mongo_uri, run_id)
+            print(summary(run_id, totals, seconds))
+            if settings.serve:
+                serve_until_interrupted(
+                    dataclasses.replace(settings, mongo_uri=mongo_uri), dashboard
+                )
+        return 0
+    except (JobError, EmbeddedMongoError, MongoUnavailable) as exc:
+        print(f"itm: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\nitm: interrupted; resume with: python -m itm.run --resume {run_id}",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

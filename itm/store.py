@@ -1,0 +1,46 @@
+"""The MongoDB data contract: collection names, indexes and the client settings.
+
+Shared by the writer actor (the only writer) and the API (a reader), so that both
+agree on one schema:
+
+- ``images``: one document per distinct image, unique on ``md5``; ``gray`` holds
+  the grayscale PNG, or ``gray_id`` names a file of the GridFS bucket ``gray``
+  when the PNG is too large for a document.
+- ``events``: one document per processed input line, unique on (``run_id``, ``line``).
+- ``monitoring``: one document per minute, unique on ``minute``.
+- ``runs``: one document per run, ``_id`` is the run id.
+"""
+
+from __future__ import annotations
+
+from pymongo import ASCENDING, DESCENDING, MongoClient
+from pymongo.database import Database
+
+IMAGES = "images"
+EVENTS = "events"
+MONITORING = "monitoring"
+RUNS = "runs"
+GRAY_BUCKET = "gray"
+
+# A document may hold 16 MiB; keep room for the other fields.
+MAX_INLINE_PNG = 15 * 1024 * 1024
+
+
+def connect(uri: str, timeout_ms: int = 5000) -> MongoClient:
+    """A client that returns tz-aware UTC datetimes and fails fast when nobody answers."""
+    return MongoClient(
+        uri,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        appname="itm",
+    )
+
+
+def ensure_indexes(db: Database) -> None:
+    """Create the indexes the contract relies on (idempotent)."""
+    db[IMAGES].create_index([("md5", ASCENDING)], unique=True)
+    db[IMAGES].create_index([("inserted_at", DESCENDING), ("md5", DESCENDING)])
+    db[EVENTS].create_index([("run_id", ASCENDING), ("line", ASCENDING)], unique=True)
+    db[EVENTS].create_index([("run_id", ASCENDING), ("counted", ASCENDING)])
+    db[MONITORING].create_index([("minute", ASCENDING)], unique=True)

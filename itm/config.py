@@ -75,9 +75,13 @@ class Settings:
         environ = os.environ if environ is None else environ
         values = {}
         for f in dataclasses.fields(cls):
-            raw = environ.get(ENV_PREFIX + f.name.upper())
+            name, kind = ENV_PREFIX + f.name.upper(), _base_type(f)
+            raw = environ.get(name)
             if raw is not None:
-                values[f.name] = _parse(_base_type(f), raw)
+                try:
+                    values[f.name] = _parse(kind, raw)
+                except ValueError:
+                    raise ValueError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
         return cls(**values)
 
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import ray
 from ray._private import ray_constants
@@ -26,9 +27,8 @@ def init_ray(
     For a local Ray, environment variables the user set win over ``LOCAL_ENV``.
     Returns the dashboard URL, if a dashboard runs.
     """
-    if ray.is_initialized():
-        return None
     if address:
+        _check_reachable(address)
         return _dashboard(ray.init(address=address, log_to_driver=False))
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
@@ -46,3 +46,14 @@ def init_ray(
 def _dashboard(context: BaseContext) -> str | None:
     url = context.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url or None
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes: Ray retries an unreachable GCS for a long time."""
+    if address == "auto" or "://" in address:
+        return  # Ray resolves these itself and fails fast when nothing is there
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConnectionError(f"nothing answers at {address}: {exc}") from None

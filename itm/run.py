@@ -24,7 +24,7 @@ from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
 from itm.pipeline import Line, run_batches
 from itm.ray_runtime import init_ray
-from itm.store import connect
+from itm.store import connect, redact
 from itm.writer import Counts, MongoUnavailable, WriterActor
 
 
@@ -58,7 +58,8 @@ def check_mongo(uri: str) -> None:
     try:
         client.admin.command("ping")
     except PyMongoError as exc:
-        raise JobError(f"MongoDB at {uri} is unreachable: {exc}") from None
+        reason = str(exc).split(" (configured timeouts")[0]
+        raise JobError(f"MongoDB at {redact(uri)} is unreachable: {reason}") from None
     finally:
         client.close()
 
@@ -136,11 +137,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"itm: starting the embedded MongoDB (data in {settings.data_dir}/mongo)")
                 mongo_uri = stack.enter_context(EmbeddedMongo(settings.data_dir))
             check_mongo(mongo_uri)
-            try:
-                dashboard = init_ray(settings.ray_address, settings.dashboard and settings.serve)
-            except ConnectionError as exc:
-                raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
-            stack.callback(ray.shutdown)
+            dashboard = None
+            if not ray.is_initialized():  # a caller (a test, a notebook) may have done it
+                try:
+                    dashboard = init_ray(
+                        settings.ray_address, settings.dashboard and settings.serve
+                    )
+                except ConnectionError as exc:
+                    raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
+                stack.callback(ray.shutdown)
             totals, seconds = run_job(settings, mongo_uri, run_id)
             print(summary(run_id, totals, seconds))
             if settings.serve:

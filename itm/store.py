@@ -13,6 +13,8 @@ agree on one schema:
 
 from __future__ import annotations
 
+import re
+
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
 
@@ -35,6 +37,11 @@ def connect(uri: str, timeout_ms: int = 5000) -> MongoClient:
         connectTimeoutMS=timeout_ms,
         appname="itm",
     )
+
+
+def redact(uri: str) -> str:
+    """The URI without its password, for messages and logs."""
+    return re.sub(r"//[^/@]*@", "//***@", uri)
 
 
 def ensure_indexes(db: Database) -> None:

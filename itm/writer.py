@@ -27,11 +27,11 @@ from typing import TypeVar
 
 import gridfs
 import ray
-from ray.util.metrics import Counter as MetricCounter
 from bson import Binary
 from pymongo import UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.errors import Failure

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import ray
@@ -12,7 +14,9 @@ from pymongo.database import Database
 
 from itm.embedded import EmbeddedMongo
 from itm.ray_runtime import init_ray
+from itm.run import main
 from itm.store import connect
+from tests.servers import PicsumServer, picsum_lines
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +53,43 @@ def ray_local() -> Iterator[None]:
     init_ray(None, dashboard=False, num_cpus=2)
     yield
     ray.shutdown()
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def canonical_lines() -> list[str]:
+    return (ROOT / "urls.txt").read_text().splitlines()
+
+
+def run_itm(mongo_uri: str, db_name: str, urls: Path, *flags: str) -> int:
+    """``python -m itm.run --no-serve`` in this process, on the session's Ray."""
+    return main(["--urls", str(urls), "--mongo-uri", mongo_uri, "--db", db_name,
+                 "--no-serve", *flags])
+
+
+@dataclass
+class PicsumRun:
+    """The canonical input, run once against a local picsum: shared, read-only."""
+
+    db: Database
+    run_id: str
+    server: PicsumServer
+    lines: list[str]
+
+
+@pytest.fixture(scope="session")
+def picsum_run(
+    mongo_client: MongoClient, mongo_uri: str, ray_local: None, canonical_lines: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[PicsumRun]:
+    urls = tmp_path_factory.mktemp("picsum") / "urls.txt"
+    with PicsumServer(photos=40) as server:
+        lines = picsum_lines(server.url, canonical_lines)
+        urls.write_text("\n".join(lines) + "\n")
+        mongo_client.drop_database("picsum_run")
+        assert run_itm(mongo_uri, "picsum_run", urls) == 0
+        db = mongo_client["picsum_run"]
+        (run,) = db.runs.find()
+        yield PicsumRun(db, run["_id"], server, lines)

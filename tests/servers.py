@@ -1,6 +1,6 @@
 """Real HTTP servers on 127.0.0.1 for the tests and the benchmarks.
 
-``PicsumServer`` behaves like picsum.photos: ``/W/H`` answers 302 to a JPEG of W×H
+``PicsumServer`` behaves like picsum.photos: ``/W/H`` answers 302 to a JPEG of WxH
 chosen at random among a few photos, ``/error/…`` is a 404, huge sizes are a 400.
 It records the MD5 and bytes of every image it serves, so a test can check the
 database against exactly what went over the wire.
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import random
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,11 @@ MAX_SIDE = 5000
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256  # many clients connect at once in a benchmark
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A client that hangs up mid-answer (a size limit, a timeout) is expected here.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -132,3 +138,93 @@ def picsum_lines(base: str, canonical: list[str]) -> list[str]:
     return [line.replace("https://picsum.photos", base) for line in canonical]
 
 
+
+
+def jpeg(width: int = 64, height: int = 48, seed: int = 1) -> bytes:
+    out = io.BytesIO()
+    photo(seed, width, height).save(out, format="JPEG", quality=85)
+    return out.getvalue()
+
+
+def bomb_png(side: int = 20_000) -> bytes:
+    """A small PNG whose header claims side x side pixels."""
+    out = io.BytesIO()
+    Image.new("1", (side, side)).save(out, format="PNG")
+    return out.getvalue()
+
+
+class FaultHandler(Handler):
+    """One path per way a download can go wrong (and one that goes right)."""
+
+    def do_GET(self) -> None:
+        server: FaultServer = self.server.owner
+        path = self.path.split("?")[0]
+        with server.lock:
+            server.hits[path] = server.hits.get(path, 0) + 1
+            hits = server.hits[path]
+        if path == "/ok.jpg":
+            self.reply(200, server.jpeg, "image/jpeg")
+        elif path.startswith("/status/"):
+            self.reply(int(path.removeprefix("/status/")), b"no")
+        elif path.startswith("/flaky/"):  # /flaky/<code>/<n>: fails n times, then serves
+            code, failures = map(int, path.split("/")[2:4])
+            if hits <= failures:
+                self.reply(code, b"try again")
+            else:
+                self.reply(200, server.jpeg, "image/jpeg")
+        elif path == "/slow-body":  # each byte in time for the read timeout, never done
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            for _ in range(1000):
+                if server.stopping.wait(0.1):
+                    return
+                self.wfile.write(b"x")
+                self.wfile.flush()
+        elif path == "/stall":  # headers, then silence
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            server.stopping.wait(10)
+        elif path == "/big":
+            self.reply(200, b"\0" * server.big, "image/jpeg")
+        elif path == "/big-no-length":  # close-delimited body, no Content-Length
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            for _ in range(server.big // 65536 + 1):
+                self.wfile.write(b"\0" * 65536)
+            self.close_connection = True
+        elif path == "/loop":
+            self.reply(302, headers={"Location": "/loop"})
+        elif path == "/to-file":
+            self.reply(302, headers={"Location": "file:///etc/passwd"})
+        elif path == "/html":
+            self.reply(200, b"<!doctype html><title>Not an image</title>", "text/html")
+        elif path == "/svg":
+            self.reply(200, b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+                       "image/svg+xml")
+        elif path == "/truncated.jpg":
+            self.reply(200, server.jpeg[: len(server.jpeg) // 2], "image/jpeg")
+        elif path == "/bomb.png":
+            self.reply(200, server.bomb, "image/png")
+        elif path == "/reset":  # close the connection without an answer
+            self.close_connection = True
+        else:
+            self.reply(404, b"Not found")
+
+
+class FaultServer(LocalServer):
+    def __init__(self, big: int = 2_000_000) -> None:
+        super().__init__(FaultHandler)
+        self.big = big
+        self.jpeg = jpeg()
+        self.bomb = bomb_png()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.hits: dict[str, int] = {}
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        super().__exit__(*exc)

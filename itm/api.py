@@ -1,0 +1,277 @@
+"""The HTTP API: one FastAPI app over itm's MongoDB data.
+
+Importable and testable without Ray (``itm.serving`` deploys it on Ray Serve;
+``uvicorn --factory itm.api:create_app`` runs it alone). It only reads: the
+writer actor of the job is the only writer. MongoDB being away is a state of the
+world, not a bug: every route answers 503 then, and the app recovers by itself
+when MongoDB returns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from gridfs.errors import NoFile
+from pymongo.database import Database
+from pymongo.errors import PyMongoError
+
+from itm import __version__, queries
+from itm.chart import render_histogram
+from itm.config import Settings
+from itm.dashboard import render_dashboard
+from itm.histogram import totals
+from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem
+from itm.store import connect
+
+log = logging.getLogger(__name__)
+
+# Short enough that /healthz answers 503 quickly while MongoDB is away.
+MONGO_TIMEOUT_MS = 2000
+MD5_PATTERN = r"^[0-9a-fA-F]{32}$"
+# An md5 names its content for ever, so browsers and proxies may keep it a year.
+IMMUTABLE = "public, max-age=31536000, immutable"
+PNG = "image/png"
+DEFAULT_PAGE = 24
+MAX_PAGE = 200
+GALLERY_SIZE = 24
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    503: {"model": Problem, "description": "MongoDB does not answer"},
+}
+
+
+def require_mongo_uri(settings: Settings) -> str:
+    """The URI the API reads from: it never starts a database of its own."""
+    if not settings.mongo_uri:
+        raise ValueError(
+            "the API needs a MongoDB URI: set ITM_MONGO_URI (e.g. "
+            "mongodb://localhost:27017), or use `python -m itm.run`, which serves the API "
+            "against the database of its job"
+        )
+    return settings.mongo_uri
+
+
+def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIMEOUT_MS) -> FastAPI:
+    """The API over ``settings.mongo_uri``/``settings.db`` (from ``ITM_*`` variables by default)."""
+    settings = Settings.from_env() if settings is None else settings
+    uri = require_mongo_uri(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # pymongo connects in the background: a MongoDB that is down does not stop
+        # the app from starting, and the client reconnects when it comes back.
+        client = connect(uri, timeout_ms=timeout_ms)
+        app.state.db = client[settings.db]
+        try:
+            yield
+        finally:
+            client.close()
+
+    app = FastAPI(
+        title="itm",
+        version=__version__,
+        summary="The images and the per-minute monitoring of itm's jobs, from MongoDB.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(PyMongoError, _database_unavailable)
+    app.include_router(router)
+    return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("MongoDB error on %s %s: %r", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": f"database unavailable ({type(exc).__name__})"}, status_code=503
+    )
+
+
+def get_db(request: Request) -> Database:
+    return request.app.state.db
+
+
+DB = Annotated[Database, Depends(get_db)]
+router = APIRouter()
+
+
+def etag_matches(if_none_match: str, etag: str) -> bool:
+    """RFC 9110 weak comparison of an ``If-None-Match`` list with our (strong) ETag."""
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == etag:
+            return True
+    return False
+
+
+IMAGE_ROUTE: dict[str, Any] = {
+    "response_class": Response,
+    "responses": {
+        200: {"content": {PNG: {}}, "description": "the stored grayscale PNG, byte for byte"},
+        304: {"description": "the client's copy (If-None-Match) is current"},
+        404: {"model": Problem, "description": "no image with this md5"},
+        **ERRORS,
+    },
+    "summary": "The grayscale PNG of an image, by the MD5 of its downloaded bytes",
+}
+
+
+# Two routes rather than one with two methods, so that each has its own operation id.
+@router.head("/image/{md5}", **IMAGE_ROUTE)
+@router.get("/image/{md5}", **IMAGE_ROUTE)
+def get_image(
+    request: Request,
+    db: DB,
+    md5: Annotated[str, Path(pattern=MD5_PATTERN, description="32 hex digits, any case")],
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    md5 = md5.lower()
+    headers = {"ETag": f'"{md5}"', "Cache-Control": IMMUTABLE}
+    if (
+        if_none_match is not None
+        and etag_matches(if_none_match, headers["ETag"])
+        and queries.image_exists(db, md5)
+    ):
+        return Response(status_code=304, headers=headers)
+    try:
+        png = queries.image_png(db, md5)
+    except NoFile:
+        png = None
+    if png is None:
+        raise HTTPException(404, f"no image with md5 {md5}")
+    head = request.method == "HEAD"
+    if isinstance(png, bytes):
+        headers["Content-Length"] = str(len(png))
+        return Response(b"" if head else png, media_type=PNG, headers=headers)
+    headers["Content-Length"] = str(png.length)
+    if head:
+        png.close()
+        return Response(media_type=PNG, headers=headers)
+    return StreamingResponse(queries.gridfs_chunks(png), media_type=PNG, headers=headers)
+
+
+def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
+    return [
+        ImageItem(**doc, url=request.url_for("get_image", md5=doc["md5"]).path) for doc in docs
+    ]
+
+
+@router.get(
+    "/images",
+    responses={400: {"model": Problem, "description": "malformed cursor"}, **ERRORS},
+    summary="The stored images, newest first, a page at a time",
+)
+def list_images(
+    request: Request,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="images per page")] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next` of the previous page")
+    ] = None,
+) -> ImagePage:
+    try:
+        after = None if cursor is None else queries.decode_cursor(cursor)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    docs, next_cursor = queries.image_page(db, limit, after)
+    return ImagePage(items=_items(request, docs), next=next_cursor)
+
+
+def wants_json(accept: str | None) -> bool:
+    """Whether an ``Accept`` header prefers ``application/json`` to a PNG (named, not ``*/*``)."""
+    quality = {}
+    for part in (accept or "").split(","):
+        media, *params = (piece.strip() for piece in part.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        quality[media.lower()] = q
+    json_q = quality.get("application/json", 0.0)
+    return json_q > 0 and json_q >= quality.get(PNG, quality.get("image/*", 0.0))
+
+
+@router.get(
+    "/monitoring",
+    response_class=Response,
+    responses={
+        200: {
+            "model": Monitoring,
+            "content": {PNG: {}},
+            "description": "the histogram: a PNG chart, or its buckets as JSON",
+        },
+        400: {"model": Problem, "description": "since is after until"},
+        **ERRORS,
+    },
+    summary="Successes and errors per minute: a PNG bar chart, or JSON",
+)
+def monitoring(
+    request: Request,
+    db: DB,
+    fmt: Annotated[
+        Literal["png", "json"] | None,
+        Query(alias="format", description="`json` for the buckets; default PNG, or JSON "
+              "when `Accept` prefers application/json"),
+    ] = None,
+    since: Annotated[
+        datetime | None, Query(description="first minute, ISO 8601 (UTC if no offset)")
+    ] = None,
+    until: Annotated[
+        datetime | None, Query(description="last minute, ISO 8601 (UTC if no offset)")
+    ] = None,
+) -> Response:
+    """Default window: the minutes that have data; at most 24 h of minutes (the latest)."""
+    try:
+        window, buckets = queries.histogram(db, since, until)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if fmt == "json" or (fmt is None and wants_json(request.headers.get("accept"))):
+        body = Monitoring(
+            since=window.since if window else None,
+            until=window.until if window else None,
+            buckets=buckets,
+            totals=totals(buckets),
+        )
+        return Response(body.model_dump_json(), media_type="application/json")
+    empty = "no data yet" if since is None and until is None else "no data in this window"
+    return Response(render_histogram(buckets, empty_message=empty), media_type=PNG)
+
+
+@router.get(
+    "/",
+    response_class=HTMLResponse,
+    responses=ERRORS,
+    summary="The dashboard: totals, histogram, errors by reason, newest images",
+)
+def dashboard(request: Request, db: DB) -> HTMLResponse:
+    docs, _ = queries.image_page(db, GALLERY_SIZE)
+    page = render_dashboard(
+        totals=queries.all_time_totals(db),
+        images=queries.image_count(db),
+        reasons=queries.errors_by_reason(db),
+        recent=_items(request, docs),
+    )
+    return HTMLResponse(page)
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "MongoDB does not answer"}},
+    summary="200 when MongoDB answers a ping, 503 otherwise",
+)
+def healthz(db: DB) -> Health | JSONResponse:
+    try:
+        db.client.admin.command("ping")
+    except PyMongoError as exc:
+        unavailable = Health(status="unavailable", detail=type(exc).__name__)
+        return JSONResponse(unavailable.model_dump(), status_code=503)
+    return Health(status="ok")

@@ -10,6 +10,7 @@ when MongoDB returns.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -18,11 +19,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from gridfs.errors import NoFile
+from pydantic import BeforeValidator
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from itm import __version__, queries
-from itm.chart import render_histogram
+from itm.chart import cached_histogram
 from itm.config import Settings
 from itm.dashboard import render_dashboard
 from itm.histogram import totals
@@ -40,6 +42,18 @@ PNG = "image/png"
 DEFAULT_PAGE = 24
 MAX_PAGE = 200
 GALLERY_SIZE = 24
+
+ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _iso_only(value: object) -> object:
+    """Refuse what pydantic would also take for a datetime (Unix times, bare dates)."""
+    if isinstance(value, str) and not ISO_DATETIME.match(value):
+        raise ValueError("expected an ISO 8601 date and time, e.g. 2026-01-02T03:04:00Z")
+    return value
+
+
+IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Problem, "description": "MongoDB does not answer"},
@@ -222,10 +236,10 @@ def monitoring(
               "when `Accept` prefers application/json"),
     ] = None,
     since: Annotated[
-        datetime | None, Query(description="first minute, ISO 8601 (UTC if no offset)")
+        IsoDatetime | None, Query(description="first minute, ISO 8601 (UTC if no offset)")
     ] = None,
     until: Annotated[
-        datetime | None, Query(description="last minute, ISO 8601 (UTC if no offset)")
+        IsoDatetime | None, Query(description="last minute, ISO 8601 (UTC if no offset)")
     ] = None,
 ) -> Response:
     """Default window: the minutes that have data; at most 24 h of minutes (the latest)."""
@@ -242,7 +256,7 @@ def monitoring(
         )
         return Response(body.model_dump_json(), media_type="application/json")
     empty = "no data yet" if since is None and until is None else "no data in this window"
-    return Response(render_histogram(buckets, empty_message=empty), media_type=PNG)
+    return Response(cached_histogram(tuple(buckets), empty), media_type=PNG)
 
 
 @router.get(

@@ -104,6 +104,45 @@ def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(
     assert_exact(db, "killed", 300)
 
 
+def kill_task_workers() -> int:
+    """SIGKILL this Ray's worker processes that are running a pipeline task now."""
+    raylet = ray._private.worker._global_node.all_processes["raylet"][0].process.pid
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == raylet and title.startswith(("ray::download_batch", "ray::gray_batch")):
+            os.kill(int(proc.name), signal.SIGKILL)
+            killed += 1
+    return killed
+
+
+def test_killed_task_workers_are_retried_by_ray(
+    mongo_uri: str, db: Database, ray_local: None, canonical_lines: list[str], tmp_path: Path,
+) -> None:
+    settings = Settings(batch_size=8, concurrency=32)
+    writer = WriterActor.remote(mongo_uri, db.name)
+    ray.get(writer.start_run.remote("workers", "urls.txt", False))
+    killed = []
+
+    def kill_busy_workers(counts: object) -> None:
+        if len(killed) < 3:
+            killed.append(kill_task_workers())
+
+    with PicsumServer(latency=0.05) as server:
+        urls = tmp_path / "urls.txt"
+        urls.write_text("\n".join(picsum_lines(server.url, canonical_lines[:200])) + "\n")
+        total = run_batches(read_lines(urls, set()), writer, "workers", settings,
+                            kill_busy_workers)
+    assert sum(killed) > 0
+    assert total.lines == 200
+    assert "worker_failed" not in total.reasons
+    assert_exact(db, "workers", 200)
+
+
 def test_mongodb_briefly_down_loses_nothing(ray_local: None, tmp_path: Path) -> None:
     server = EmbeddedMongo(tmp_path / "mongo")  # its own server: this test stops it
     uri = server.start()

@@ -47,7 +47,9 @@ def _download(line: str, settings: Settings) -> Downloaded:
 
 # Downloads wait on the network, not on a CPU: they reserve none, so their number
 # is set by ``Settings.concurrency`` alone; a batch downloads its lines in threads.
-@ray.remote(num_cpus=0)
+# SPREAD puts them on every node of a cluster (a task that needs no CPU would
+# otherwise stay on the driver's node); md5 and gray then run where the bytes are.
+@ray.remote(num_cpus=0, scheduling_strategy="SPREAD")
 def download_batch(lines: list[Line], settings: Settings) -> list[Downloaded]:
     with ThreadPoolExecutor(max_workers=len(lines), thread_name_prefix="download") as pool:
         return list(pool.map(lambda line: _download(line[1], settings), lines))

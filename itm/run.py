@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import secrets
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -112,6 +113,8 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     print("Ctrl-C to stop.")
+    # `ray job stop` and `docker stop` send SIGTERM: stop as cleanly as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while True:
             time.sleep(3600)

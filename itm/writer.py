@@ -132,7 +132,10 @@ class MongoWriter:
                 if runs.find_one({"_id": run_id}, {"_id": 1}) is None:
                     raise ValueError(f"no run {run_id!r} to resume in database {self.db.name!r}")
                 runs.update_one({"_id": run_id}, {"$set": {"finished_at": None}})
-                self._count({"run_id": run_id, "counted": False})
+                self._count(list(self.db[store.EVENTS].find(
+                    {"run_id": run_id, "counted": False},
+                    {"status": 1, "reason": 1, "tally": 1, "finished_at": 1},
+                )))
                 done = self.db[store.EVENTS].find({"run_id": run_id}, {"line": 1, "_id": 0})
                 return sorted(event["line"] for event in done)
             runs.update_one(
@@ -206,10 +209,14 @@ class MongoWriter:
             ops.append(UpdateOne({"run_id": run_id, "line": line},
                                  {"$setOnInsert": event}, upsert=True))
         _bulk(events, ops)
-        numbers = [line for line, _ in lines]
-        self._count({"run_id": run_id, "line": {"$in": numbers}, "counted": False})
-        stored = events.find({"run_id": run_id, "line": {"$in": numbers}},
-                             {"status": 1, "reason": 1, "duplicate": 1, "_id": 0})
+        numbers = {line for line, _ in lines}
+        # A range on the unique index, filtered here: far cheaper than $in plus more filters.
+        stored = [event for event in events.find(
+            {"run_id": run_id, "line": {"$gte": min(numbers), "$lte": max(numbers)}},
+            {"line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
+             "finished_at": 1, "counted": 1},
+        ) if event["line"] in numbers]
+        self._count([event for event in stored if not event["counted"]])
         return Counts.of_events(stored)
 
     def _store_images(
@@ -251,11 +258,8 @@ class MongoWriter:
                                               metadata={"contentType": "image/png"})
         return md5
 
-    def _count(self, pending_filter: dict) -> None:
-        """Add the uncounted events matching ``pending_filter`` to their minutes, exactly once."""
-        events = self.db[store.EVENTS]
-        pending = list(events.find(pending_filter,
-                                   {"status": 1, "reason": 1, "tally": 1, "finished_at": 1}))
+    def _count(self, pending: list[dict]) -> None:
+        """Add uncounted events (with their tally and finished_at) to their minutes, once."""
         if not pending:
             return
         groups: dict[tuple[str, datetime], Counter[str]] = {}
@@ -272,7 +276,7 @@ class MongoWriter:
                      "$push": {"tallies": tally}},
                     upsert=True,
                 )
-        events.update_many({"_id": {"$in": [event["_id"] for event in pending]}},
+        self.db[store.EVENTS].update_many({"_id": {"$in": [event["_id"] for event in pending]}},
                            {"$set": {"counted": True}})
         tallies = sorted({tally for tally, _ in groups})
         monitoring.update_many({"tallies": {"$in": tallies}},

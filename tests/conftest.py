@@ -63,6 +63,12 @@ def canonical_lines() -> list[str]:
     return (ROOT / "urls.txt").read_text().splitlines()
 
 
+def write_urls(folder: Path, lines: list[str]) -> Path:
+    urls = folder / "urls.txt"
+    urls.write_text("\n".join(lines) + "\n")
+    return urls
+
+
 def run_itm(mongo_uri: str, db_name: str, urls: Path, *flags: str) -> int:
     """``python -m itm.run --no-serve`` in this process, on the session's Ray."""
     return main(["--urls", str(urls), "--mongo-uri", mongo_uri, "--db", db_name,
@@ -84,10 +90,9 @@ def picsum_run(
     mongo_client: MongoClient, mongo_uri: str, ray_local: None, canonical_lines: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PicsumRun]:
-    urls = tmp_path_factory.mktemp("picsum") / "urls.txt"
     with PicsumServer(photos=40) as server:
         lines = picsum_lines(server.url, canonical_lines)
-        urls.write_text("\n".join(lines) + "\n")
+        urls = write_urls(tmp_path_factory.mktemp("picsum"), lines)
         mongo_client.drop_database("picsum_run")
         assert run_itm(mongo_uri, "picsum_run", urls) == 0
         db = mongo_client["picsum_run"]

@@ -8,12 +8,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import ray
 from pymongo import MongoClient
 from pymongo.database import Database
+from ray.actor import ActorHandle
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
@@ -21,8 +23,8 @@ from itm.errors import Failure
 from itm.imaging import grayscale_png, md5_hex
 from itm.pipeline import run_batches
 from itm.run import read_lines
-from itm.writer import MongoWriter, WriterActor
-from tests.conftest import ROOT, run_itm
+from itm.writer import Counts, MongoWriter, WriterActor
+from tests.conftest import ROOT, run_itm, write_urls
 from tests.servers import PicsumServer, jpeg, picsum_lines
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -81,27 +83,31 @@ def test_a_batch_cut_short_is_counted_once_on_replay(
     assert_exact(db, "r1", 4)
 
 
+def pipeline_run(mongo_uri: str, db: Database, lines: list[str], tmp_path: Path,
+                 on_batch: Callable[[ActorHandle], None], latency: float) -> Counts:
+    """``lines`` (picsum paths) through ``run_batches`` with a fresh writer, as run "faults"."""
+    writer = WriterActor.remote(mongo_uri, db.name)
+    ray.get(writer.start_run.remote("faults", "urls.txt", False))
+    with PicsumServer(latency=latency) as server:
+        urls = write_urls(tmp_path, picsum_lines(server.url, lines))
+        return run_batches(read_lines(urls, set()), writer, "faults",
+                           Settings(batch_size=8, concurrency=32), lambda _: on_batch(writer))
+
+
 def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(
     mongo_uri: str, db: Database, ray_local: None, canonical_lines: list[str], tmp_path: Path,
 ) -> None:
-    settings = Settings(batch_size=8, concurrency=16)
-    writer = WriterActor.remote(mongo_uri, db.name)
-    ray.get(writer.start_run.remote("killed", "urls.txt", False))
     batches = 0
 
-    def kill_now_and_then(counts: object) -> None:
+    def kill_now_and_then(writer: ActorHandle) -> None:
         nonlocal batches
         batches += 1
         if batches in (3, 20):  # with later batches queued or running in the writer
             ray.kill(writer, no_restart=False)
 
-    with PicsumServer(latency=0.01) as server:
-        urls = tmp_path / "urls.txt"
-        urls.write_text("\n".join(picsum_lines(server.url, canonical_lines[:300])) + "\n")
-        total = run_batches(read_lines(urls, set()), writer, "killed", settings,
-                            kill_now_and_then)
+    total = pipeline_run(mongo_uri, db, canonical_lines[:300], tmp_path, kill_now_and_then, 0.01)
     assert total.lines == 300
-    assert_exact(db, "killed", 300)
+    assert_exact(db, "faults", 300)
 
 
 def kill_task_workers() -> int:
@@ -123,24 +129,17 @@ def kill_task_workers() -> int:
 def test_killed_task_workers_are_retried_by_ray(
     mongo_uri: str, db: Database, ray_local: None, canonical_lines: list[str], tmp_path: Path,
 ) -> None:
-    settings = Settings(batch_size=8, concurrency=32)
-    writer = WriterActor.remote(mongo_uri, db.name)
-    ray.get(writer.start_run.remote("workers", "urls.txt", False))
     killed = []
 
-    def kill_busy_workers(counts: object) -> None:
+    def kill_busy_workers(writer: ActorHandle) -> None:
         if len(killed) < 3:
             killed.append(kill_task_workers())
 
-    with PicsumServer(latency=0.05) as server:
-        urls = tmp_path / "urls.txt"
-        urls.write_text("\n".join(picsum_lines(server.url, canonical_lines[:200])) + "\n")
-        total = run_batches(read_lines(urls, set()), writer, "workers", settings,
-                            kill_busy_workers)
+    total = pipeline_run(mongo_uri, db, canonical_lines[:200], tmp_path, kill_busy_workers, 0.05)
     assert sum(killed) > 0
     assert total.lines == 200
     assert "worker_failed" not in total.reasons
-    assert_exact(db, "workers", 200)
+    assert_exact(db, "faults", 200)
 
 
 def test_mongodb_briefly_down_loses_nothing(ray_local: None, tmp_path: Path) -> None:
@@ -166,8 +165,7 @@ def test_a_killed_driver_resumes_where_it_stopped(
     mongo_uri: str, db: Database, canonical_lines: list[str], tmp_path: Path, ray_local: None,
 ) -> None:
     with PicsumServer(latency=0.05) as server:
-        urls = tmp_path / "urls.txt"
-        urls.write_text("\n".join(picsum_lines(server.url, canonical_lines)) + "\n")
+        urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines))
         command = [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", mongo_uri,
                    "--db", db.name, "--no-serve", "--concurrency", "8", "--batch-size", "4"]
         driver = subprocess.Popen(command, cwd=ROOT, env=os.environ | RAY_ENV,
@@ -195,8 +193,7 @@ def test_exit_codes_say_why_the_job_could_not_run(
     mongo_uri: str, db: Database, tmp_path: Path, ray_local: None,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    urls = tmp_path / "urls.txt"
-    urls.write_text("http://127.0.0.1:1/a.jpg\n")
+    urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
     assert run_itm(mongo_uri, db.name, tmp_path / "missing.txt") == 1
     assert "input file not found" in capsys.readouterr().err
     closed = f"mongodb://127.0.0.1:{free_port()}/?directConnection=true"
@@ -211,8 +208,7 @@ def test_exit_codes_say_why_the_job_could_not_run(
 
 
 def test_an_unreachable_ray_fails_fast(mongo_uri: str, tmp_path: Path) -> None:
-    urls = tmp_path / "urls.txt"
-    urls.write_text("http://127.0.0.1:1/a.jpg\n")
+    urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", mongo_uri,

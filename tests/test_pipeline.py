@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from pymongo import MongoClient
 
-from tests.conftest import PicsumRun, run_itm
+from tests.conftest import PicsumRun, run_itm, write_urls
 from tests.servers import FaultServer
 
 
@@ -76,23 +76,23 @@ def test_counters_sum_to_the_outcomes(picsum_run: PicsumRun) -> None:
     assert run["totals"]["reasons"] == {"http_404": 50, "http_400": 50}
 
 
-def copy_database(client: MongoClient, source: str, target: str) -> None:
+def copy_of_the_run(run: PicsumRun, client: MongoClient, target: str, folder: Path) -> Path:
+    """Copy the shared run's database to ``target``; return its input file."""
     client.drop_database(target)
-    for name in client[source].list_collection_names():
-        docs = list(client[source][name].find())
+    for name in run.db.list_collection_names():
+        docs = list(run.db[name].find())
         if docs:
             client[target][name].insert_many(docs)
+    return write_urls(folder, run.lines)
 
 
 def test_rerun_stores_only_new_images_and_counts_its_own_lines(
     picsum_run: PicsumRun, mongo_client: MongoClient, mongo_uri: str, tmp_path: Path,
     db_name: str,
 ) -> None:
-    copy_database(mongo_client, "picsum_run", db_name)
+    urls = copy_of_the_run(picsum_run, mongo_client, db_name, tmp_path)
     db = mongo_client[db_name]
     before = {image["md5"]: image["inserted_at"] for image in db.images.find()}
-    urls = tmp_path / "urls.txt"
-    urls.write_text("\n".join(picsum_run.lines) + "\n")
     assert run_itm(mongo_uri, db_name, urls) == 0
     (rerun,) = db.runs.find({"_id": {"$ne": picsum_run.run_id}})
     events = list(db.events.find({"run_id": rerun["_id"]}))
@@ -101,9 +101,10 @@ def test_rerun_stores_only_new_images_and_counts_its_own_lines(
     after = {image["md5"]: image["inserted_at"] for image in db.images.find()}
     assert set(after) == set(before) | md5s
     assert all(after[md5] == at for md5, at in before.items())  # never overwritten
-    for event in events:
-        if event["status"] == "success":
-            assert event["duplicate"] == (event["md5"] in before)
+    successes = [event for event in events if event["status"] == "success"]
+    assert all(event["duplicate"] for event in successes if event["md5"] in before)
+    firsts = sorted(event["md5"] for event in successes if not event["duplicate"])
+    assert firsts == sorted(set(after) - set(before))  # each new image: one first line
     minutes = list(db.monitoring.find())
     assert sum(m["success"] + m["error"] for m in minutes) == 1300
 
@@ -112,12 +113,10 @@ def test_resume_of_a_finished_run_changes_nothing(
     picsum_run: PicsumRun, mongo_client: MongoClient, mongo_uri: str, tmp_path: Path,
     db_name: str,
 ) -> None:
-    copy_database(mongo_client, "picsum_run", db_name)
+    urls = copy_of_the_run(picsum_run, mongo_client, db_name, tmp_path)
     db = mongo_client[db_name]
     snapshot = {name: sorted(map(str, db[name].find({}, {"_id": 0, "finished_at": 0})))
                 for name in ("images", "events", "monitoring")}
-    urls = tmp_path / "urls.txt"
-    urls.write_text("\n".join(picsum_run.lines) + "\n")
     assert run_itm(mongo_uri, db_name, urls, "--resume", picsum_run.run_id) == 0
     for name, docs in snapshot.items():
         assert sorted(map(str, db[name].find({}, {"_id": 0, "finished_at": 0}))) == docs

@@ -110,6 +110,7 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     base += f":{settings.port}"
     print(f"\nAPI on {base}/ : dashboard {base}/ , histogram {base}/monitoring ,"
           f" images {base}/images , one image {base}/image/<md5>")
+    print(f"MongoDB: {redact(settings.mongo_uri)} (database {settings.db})")
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     print("Ctrl-C to stop.")

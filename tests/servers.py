@@ -97,24 +97,33 @@ class PicsumHandler(Handler):
             if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
                 self.reply(400, b"Invalid size")
             else:
-                self.reply(302, headers={"Location": f"/id/{server.pick()}/{width}/{height}.jpg"})
+                photo_id = server.pick(self.path)
+                self.reply(302, headers={"Location": f"/id/{photo_id}/{width}/{height}.jpg"})
         else:
             self.reply(404, b"Not found")
 
 
 class PicsumServer(LocalServer):
-    """picsum.photos on loopback, with ``latency`` seconds added to every response."""
+    """picsum.photos on loopback, with ``latency`` seconds added to every response.
 
-    def __init__(self, photos: int = 20, latency: float = 0.0, seed: int = 0) -> None:
+    ``deterministic``: a path always gets the same photo, so that two runs of one
+    input store exactly the same images.
+    """
+
+    def __init__(self, photos: int = 20, latency: float = 0.0, seed: int = 0,
+                 deterministic: bool = False) -> None:
         super().__init__(PicsumHandler)
         self.photos = photos
         self.latency = latency
+        self.deterministic = deterministic
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._cache: dict[tuple[int, int, int], bytes] = {}
         self.served: dict[str, bytes] = {}  # md5 → JPEG bytes of every image served
 
-    def pick(self) -> int:
+    def pick(self, path: str) -> int:
+        if self.deterministic:
+            return int(hashlib.md5(path.encode()).hexdigest(), 16) % self.photos
         with self._lock:
             return self._random.randrange(self.photos)
 

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import multiprocessing
 import os
 import re
 import tempfile
+import threading
 from itertools import cycle, islice
 from pathlib import Path
 
@@ -46,15 +48,24 @@ def object_store_used() -> float:
     return float(found.group(1)) if found else float("nan")
 
 
+def serve_picsum(urls: multiprocessing.Queue) -> None:
+    """The image server, in its own process: what it caches must not count as the driver's."""
+    with PicsumServer(photos=200) as server:
+        urls.put(server.url)
+        threading.Event().wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=20_000)
     args = parser.parse_args()
     canonical = (ROOT / "urls.txt").read_text().splitlines()
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp)) as uri, \
-            PicsumServer(photos=200) as server:
+    server_url: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=serve_picsum, args=(server_url,), daemon=True)
+    server.start()
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp)) as uri:
         urls = Path(tmp) / "urls.txt"
-        lines = islice(cycle(picsum_lines(server.url, canonical)), args.lines)
+        lines = islice(cycle(picsum_lines(server_url.get(timeout=30), canonical)), args.lines)
         urls.write_text("\n".join(lines) + "\n")
         init_ray(None, dashboard=False)
         settings = dataclasses.replace(Settings(), urls=urls, mongo_uri=uri)
@@ -81,6 +92,7 @@ def main() -> None:
         print(f"peak: driver RSS {peak_rss:.1f} MiB (first tenth of the run: "
               f"{max(first_tenth):.1f} MiB), object store {peak_store:.1f} MiB; "
               f"peak/first-tenth RSS ratio {peak_rss / max(first_tenth):.2f}")
+    server.terminate()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ installed by the optional extra ``itm[embedded]``.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -22,6 +23,7 @@ from pymongo.errors import PyMongoError
 from itm.store import connect
 
 COMMAND = "secantusd-py"
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class EmbeddedMongoError(RuntimeError):
@@ -45,6 +47,12 @@ def find_command() -> str:
             "pip install 'itm[embedded]', or pass --mongo-uri / set ITM_MONGO_URI"
         )
     return found
+
+
+def _stop_with_parent() -> None:
+    """In the child, on Linux: get SIGTERM when itm dies, even by SIGKILL (no orphans)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class EmbeddedMongo:
@@ -73,7 +81,8 @@ class EmbeddedMongo:
             # Its own session: a Ctrl-C in the terminal reaches itm, which then stops
             # the server in order, instead of killing both at once.
             self._process = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_stop_with_parent,
             )
         self._wait_ready()
         return self.uri

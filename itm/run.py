@@ -138,8 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             mongo_uri = settings.mongo_uri
             if mongo_uri is None:
-                print(f"itm: starting the embedded MongoDB (data in {settings.data_dir}/mongo)")
                 mongo_uri = stack.enter_context(EmbeddedMongo(settings.data_dir))
+                print(f"itm: embedded MongoDB at {mongo_uri} (data in {settings.data_dir}/mongo)")
             check_mongo(mongo_uri)
             dashboard = None
             if not ray.is_initialized():  # a caller (a test, a notebook) may have done it

@@ -6,9 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -149,12 +149,14 @@ def test_mongodb_briefly_down_loses_nothing(ray_local: None, tmp_path: Path) -> 
         writer = MongoWriter(uri, "down", retry_seconds=60)
         lines, md5s, grays = sample_batch()
         server.stop()
-        restarter = threading.Timer(1.5, server.start)
-        restarter.start()
-        started = time.monotonic()
-        counts = writer.write("r1", lines, md5s, grays)
-        restarter.join()
-        assert time.monotonic() - started >= 1.0  # it did wait for the server
+        with ThreadPoolExecutor(1) as pool:  # the writer waits in a thread...
+            started = time.monotonic()
+            written = pool.submit(writer.write, "r1", lines, md5s, grays)
+            time.sleep(1.5)
+            assert not written.done()
+            server.start()  # ...while the server comes back (from this thread, its parent)
+            counts = written.result(timeout=60)
+        assert time.monotonic() - started >= 1.5
         assert (counts.success, counts.error) == (3, 1)
         assert_exact(MongoClient(uri, tz_aware=True)["down"], "r1", 4)
     finally:

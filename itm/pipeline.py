@@ -96,11 +96,12 @@ def run_batches(
     """Push every line through the pipeline; return the outcomes this call wrote.
 
     Backpressure: at most ``concurrency // batch_size`` download tasks run at once,
-    and at most twice that many batches are anywhere in the pipeline, so memory
-    stays flat however long the input is.
+    and past them at most as many batches as the cluster has CPUs (at least as many
+    as downloads), so the grayscale tasks can fill every CPU while memory stays flat
+    however long the input is.
     """
     downloads_cap = max(1, settings.concurrency // settings.batch_size)
-    batches_cap = 2 * downloads_cap
+    batches_cap = downloads_cap + max(downloads_cap, int(ray.cluster_resources().get("CPU", 1)))
     settings_ref = ray.put(settings)
     batches = _batched(lines, settings.batch_size)
     downloading: set[ray.ObjectRef] = set()

@@ -8,7 +8,9 @@ replica actor). For each endpoint it sends a bounded number of requests from 1
 and from 16 client threads (keep-alive connections) and prints the throughput,
 the p50/p99 latency and the Serve/uvicorn ratios. ``GET /openapi.json`` (cached
 by FastAPI: no MongoDB, no drawing) is the null request: its latency is the
-price of the server path alone.
+price of the server path alone. Each response's ``Server-Timing`` says how long
+the app itself took; the rest of the latency ("path") is the server around it:
+under Serve, the proxy and the proxy -> replica hop.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -31,7 +34,7 @@ import httpx
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import connect
-from tests.apidata import ApiData, fill
+from tests.apidata import START, ApiData, fill
 
 DB = "bench"
 CLIENTS = (1, 16)
@@ -40,8 +43,8 @@ CLIENTS = (1, 16)
 @dataclass(frozen=True)
 class Endpoint:
     name: str
-    path: str
-    requests: dict[int, int]  # clients -> requests sent (bounded: the drawing costs ~0.1 s)
+    path: Callable[[int], str]  # the path of the n-th request
+    requests: dict[int, int]  # clients -> requests sent (bounded: a drawing costs ~0.1 s)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,12 @@ class Result:
     seconds: float
     p50_ms: float
     p99_ms: float
+    app_p50_ms: float  # the app's own time, from Server-Timing
+
+    @property
+    def path_ms(self) -> float:
+        """The median time spent outside the app: network, server, proxy, hop."""
+        return self.p50_ms - self.app_p50_ms
 
     @property
     def per_second(self) -> float:
@@ -63,54 +72,70 @@ def endpoints(data: ApiData, scale: float) -> list[Endpoint]:
     def counts(one: int, many: int) -> dict[int, int]:
         return {1: max(5, int(one * scale)), 16: max(16, int(many * scale))}
 
+    def fixed(path: str) -> Callable[[int], str]:
+        return lambda n: path
+
+    def new_window(n: int) -> str:
+        """A window one minute longer each time: other buckets, so a new drawing."""
+        until = START + timedelta(minutes=n)
+        return f"/monitoring?since={START:%Y-%m-%dT%H:%M}Z&until={until:%Y-%m-%dT%H:%M}Z"
+
     small = next(md5 for md5 in data.newest_first if md5 != data.gridfs_md5)
     return [
-        Endpoint("null (/openapi.json)", "/openapi.json", counts(400, 1600)),
-        Endpoint(f"/image ({len(data.pngs[small]) // 1024} KiB, document)", f"/image/{small}",
-                 counts(400, 1600)),
+        Endpoint("null (/openapi.json)", fixed("/openapi.json"), counts(400, 1600)),
+        Endpoint(f"/image ({len(data.pngs[small]) // 1024} KiB, document)",
+                 fixed(f"/image/{small}"), counts(400, 1600)),
         Endpoint(f"/image ({len(data.pngs[data.gridfs_md5]) // 1024} KiB, GridFS)",
-                 f"/image/{data.gridfs_md5}", counts(100, 400)),
-        Endpoint("/monitoring?format=json", "/monitoring?format=json", counts(300, 1200)),
-        Endpoint("/monitoring (PNG)", "/monitoring", counts(40, 160)),
+                 fixed(f"/image/{data.gridfs_md5}"), counts(100, 400)),
+        Endpoint("/monitoring?format=json", fixed("/monitoring?format=json"), counts(300, 1200)),
+        Endpoint("/monitoring (PNG, cached)", fixed("/monitoring"), counts(300, 1200)),
+        Endpoint("/monitoring (PNG, drawn)", new_window, counts(40, 160)),
     ]
 
 
-def load(base: str, path: str, clients: int, requests: int) -> tuple[float, list[float]]:
-    """Wall time and per-request latencies of ``requests`` GETs shared by ``clients`` threads."""
+def load(
+    base: str, path: Callable[[int], str], clients: int, requests: int
+) -> tuple[float, list[float], list[float]]:
+    """Wall time, latencies and app times of ``requests`` GETs shared by ``clients`` threads."""
     latencies: list[float] = []
+    app_times: list[float] = []
     lock = threading.Lock()
-    remaining = [requests]
-    ready = threading.Barrier(clients + 1)
+    sent = [0]
+    start: list[float] = []
+    # The clock starts as the barrier opens, before any client can send a timed request.
+    ready = threading.Barrier(clients + 1, action=lambda: start.append(time.perf_counter()))
     errors: list[str] = []
 
     def client() -> None:
         with httpx.Client(base_url=base, timeout=120) as http:
-            http.get(path)  # opens the connection, warms the server path
+            http.get(path(0))  # opens the connection, warms the server path
             ready.wait()
             while True:
                 with lock:
-                    if remaining[0] == 0:
+                    if sent[0] == requests:
                         return
-                    remaining[0] -= 1
+                    sent[0] += 1
+                    url = path(sent[0])
                 started = time.perf_counter()
-                response = http.get(path)
+                response = http.get(url)
                 elapsed = time.perf_counter() - started
                 if response.status_code != 200:
                     errors.append(f"{path}: {response.status_code}")
+                app_ms = float(response.headers["server-timing"].removeprefix("app;dur="))
                 with lock:
                     latencies.append(elapsed)
+                    app_times.append(app_ms / 1000)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     for thread in threads:
         thread.start()
     ready.wait()
-    started = time.perf_counter()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - start[0]
     if errors:
         raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
-    return wall, latencies
+    return wall, latencies, app_times
 
 
 def measure(server: str, base: str, targets: list[Endpoint]) -> list[Result]:
@@ -118,12 +143,14 @@ def measure(server: str, base: str, targets: list[Endpoint]) -> list[Result]:
     for endpoint in targets:
         for clients in CLIENTS:
             n = endpoint.requests[clients]
-            wall, latencies = load(base, endpoint.path, clients, n)
+            wall, latencies, app_times = load(base, endpoint.path, clients, n)
             cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-            result = Result(server, endpoint.name, clients, n, wall, cuts[49] * 1e3, cuts[98] * 1e3)
+            result = Result(server, endpoint.name, clients, n, wall, cuts[49] * 1e3,
+                            cuts[98] * 1e3, statistics.median(app_times) * 1e3)
             print(f"  {server:8} {endpoint.name:32} {clients:>2} clients  "
                   f"{result.per_second:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                  f"p99 {result.p99_ms:7.2f} ms", flush=True)
+                  f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:7.2f} ms",
+                  flush=True)
             results.append(result)
     return results
 
@@ -183,14 +210,17 @@ def serve_server(uri: str) -> Iterator[str]:
 
 def report(results: list[Result]) -> None:
     by_key = {(r.server, r.endpoint, r.clients): r for r in results}
-    print("\nServe / uvicorn (throughput ratio; p50 latency ratio and difference)")
+    print("\nServe / uvicorn: throughput and p50 ratios; where the p50 difference goes "
+          "(in the app, and on the path around it)")
     for result in results:
         if result.server != "serve":
             continue
         base = by_key[("uvicorn", result.endpoint, result.clients)]
         print(f"  {result.endpoint:32} {result.clients:>2} clients  "
               f"throughput x{result.per_second / base.per_second:5.2f}  "
-              f"p50 x{result.p50_ms / base.p50_ms:5.2f} ({result.p50_ms - base.p50_ms:+7.2f} ms)")
+              f"p50 x{result.p50_ms / base.p50_ms:5.2f} ({result.p50_ms - base.p50_ms:+7.2f} ms: "
+              f"app {result.app_p50_ms - base.app_p50_ms:+7.2f}, "
+              f"path {result.path_ms - base.path_ms:+7.2f})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,6 +30,7 @@ from itm.dashboard import render_dashboard
 from itm.histogram import totals
 from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem
 from itm.store import connect
+from itm.timing import ServerTimingMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         lifespan=lifespan,
     )
     app.add_exception_handler(PyMongoError, _database_unavailable)
+    app.add_middleware(ServerTimingMiddleware)
     app.include_router(router)
     return app
 

@@ -19,7 +19,8 @@ APP_NAME = "itm"
 
 # No CPU reserved: the replica mostly waits on MongoDB, and a whole CPU of a small
 # machine (or of a job's Ray) held by an idle API would starve the pipeline.
-# Requests run in FastAPI's thread pool, so one replica serves several at once.
+# Requests run in FastAPI's thread pool, so one replica serves many at once: admit
+# 32 (Serve's default of 5 would queue a dashboard's image requests in the proxy).
 @serve.deployment(name="itm-api", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
 @serve.ingress()
 class ApiDeployment:

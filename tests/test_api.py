@@ -306,6 +306,13 @@ def test_healthz(client: TestClient) -> None:
     assert response.json() == {"status": "ok", "detail": None}
 
 
+def test_responses_say_how_long_the_app_took(client: TestClient, data: ApiData) -> None:
+    for path in ("/healthz", f"/image/{data.gridfs_md5}", "/image/nope"):
+        timing = client.get(path).headers["server-timing"]
+        assert timing.startswith("app;dur=")
+        assert float(timing.removeprefix("app;dur=")) >= 0
+
+
 def test_docs(client: TestClient) -> None:
     assert "swagger" in client.get("/docs").text.lower()
     paths = client.get("/openapi.json").json()["paths"]

@@ -9,7 +9,14 @@ from datetime import datetime, timezone
 import numpy as np
 from PIL import Image
 
-from itm.chart import DPI, ERROR_COLOR, SIZE_INCHES, SUCCESS_COLOR, render_histogram
+from itm.chart import (
+    DPI,
+    ERROR_COLOR,
+    SIZE_INCHES,
+    SUCCESS_COLOR,
+    cached_histogram,
+    render_histogram,
+)
 from itm.histogram import MINUTE, Bucket
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
@@ -68,3 +75,10 @@ def test_concurrent_renders_do_not_interfere() -> None:
     with ThreadPoolExecutor(max_workers=6) as pool:
         together = list(pool.map(render_histogram, inputs))
     assert together == alone * 3
+
+
+def test_cached_histogram_draws_each_input_once() -> None:
+    first = cached_histogram(tuple(buckets(10)))
+    assert first == render_histogram(buckets(10))
+    assert cached_histogram(tuple(buckets(10))) is first
+    assert cached_histogram(tuple(buckets(10, seed=1))) != first

@@ -38,6 +38,8 @@ def test_image_and_monitoring_over_ray_serve(served: str, db: Database) -> None:
             assert response.status_code == 200
             assert response.content == data.pngs[md5]
             assert response.headers["etag"] == f'"{md5}"'
+        newest = http.get("/images", params={"limit": 1}).json()["items"][0]
+        assert newest["url"] == f"/image/{data.newest_first[0]}"
         assert http.get("/image/" + "f" * 32).status_code == 404
         assert http.get("/image/nope").status_code == 422
         chart = http.get("/monitoring")

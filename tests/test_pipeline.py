@@ -8,8 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from pymongo import MongoClient
+from pymongo.database import Database
 
 from tests.conftest import PicsumRun, run_itm, write_urls
 from tests.servers import FaultServer
@@ -76,24 +78,24 @@ def test_counters_sum_to_the_outcomes(picsum_run: PicsumRun) -> None:
     assert run["totals"]["reasons"] == {"http_404": 50, "http_400": 50}
 
 
-def copy_of_the_run(run: PicsumRun, client: MongoClient, target: str, folder: Path) -> Path:
-    """Copy the shared run's database to ``target``; return its input file."""
-    client.drop_database(target)
-    for name in run.db.list_collection_names():
-        docs = list(run.db[name].find())
+@pytest.fixture
+def run_copy(
+    picsum_run: PicsumRun, mongo_client: MongoClient, db_name: str, tmp_path: Path
+) -> tuple[Database, Path]:
+    """A copy of the shared run's database, to change; and the run's input file."""
+    for name in picsum_run.db.list_collection_names():
+        docs = list(picsum_run.db[name].find())
         if docs:
-            client[target][name].insert_many(docs)
-    return write_urls(folder, run.lines)
+            mongo_client[db_name][name].insert_many(docs)
+    return mongo_client[db_name], write_urls(tmp_path, picsum_run.lines)
 
 
 def test_rerun_stores_only_new_images_and_counts_its_own_lines(
-    picsum_run: PicsumRun, mongo_client: MongoClient, mongo_uri: str, tmp_path: Path,
-    db_name: str,
+    picsum_run: PicsumRun, run_copy: tuple[Database, Path], mongo_uri: str,
 ) -> None:
-    urls = copy_of_the_run(picsum_run, mongo_client, db_name, tmp_path)
-    db = mongo_client[db_name]
+    db, urls = run_copy
     before = {image["md5"]: image["inserted_at"] for image in db.images.find()}
-    assert run_itm(mongo_uri, db_name, urls) == 0
+    assert run_itm(mongo_uri, db.name, urls) == 0
     (rerun,) = db.runs.find({"_id": {"$ne": picsum_run.run_id}})
     events = list(db.events.find({"run_id": rerun["_id"]}))
     assert len(events) == 650
@@ -110,14 +112,12 @@ def test_rerun_stores_only_new_images_and_counts_its_own_lines(
 
 
 def test_resume_of_a_finished_run_changes_nothing(
-    picsum_run: PicsumRun, mongo_client: MongoClient, mongo_uri: str, tmp_path: Path,
-    db_name: str,
+    picsum_run: PicsumRun, run_copy: tuple[Database, Path], mongo_uri: str,
 ) -> None:
-    urls = copy_of_the_run(picsum_run, mongo_client, db_name, tmp_path)
-    db = mongo_client[db_name]
+    db, urls = run_copy
     snapshot = {name: sorted(map(str, db[name].find({}, {"_id": 0, "finished_at": 0})))
                 for name in ("images", "events", "monitoring")}
-    assert run_itm(mongo_uri, db_name, urls, "--resume", picsum_run.run_id) == 0
+    assert run_itm(mongo_uri, db.name, urls, "--resume", picsum_run.run_id) == 0
     for name, docs in snapshot.items():
         assert sorted(map(str, db[name].find({}, {"_id": 0, "finished_at": 0}))) == docs
 

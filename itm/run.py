@@ -24,6 +24,7 @@ from tqdm import tqdm
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
 from itm.pipeline import Line, run_batches
+from itm.queries import image_page
 from itm.ray_runtime import init_ray
 from itm.store import connect, redact
 from itm.writer import Counts, MongoUnavailable, WriterActor
@@ -101,18 +102,25 @@ def summary(run_id: str, totals: Counts, seconds: float) -> str:
 
 
 def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
+    # Imported here: Serve and the API are heavy, and a --no-serve run needs neither.
     from ray import serve
 
     from itm.serving import serve_api
 
     serve_api(settings)
-    base = f"http://{'localhost' if settings.host in ('0.0.0.0', '127.0.0.1') else settings.host}"
-    base += f":{settings.port}"
-    print(f"\nAPI on {base}/ : dashboard {base}/ , histogram {base}/monitoring ,"
-          f" images {base}/images , one image {base}/image/<md5>")
-    print(f"MongoDB: {redact(settings.mongo_uri)} (database {settings.db})")
+    host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
+    base = f"http://{host}:{settings.port}"
+    client = connect(settings.mongo_uri)
+    newest, _ = image_page(client[settings.db], limit=1)
+    client.close()
+    example = newest[0]["md5"] if newest else "<md5>"
+    print(f"\nAPI on {base}")
+    print(f"  {base}/                   dashboard: totals, histogram, errors, recent images")
+    print(f"  {base}/monitoring         histogram of successes and errors per minute")
+    print(f"  {base}/image/{example}")
+    print(f"  MongoDB {redact(settings.mongo_uri)}, database {settings.db}")
     if dashboard:
-        print(f"Ray dashboard: {dashboard}")
+        print(f"  Ray dashboard {dashboard}")
     print("Ctrl-C to stop.")
     # `ray job stop` and `docker stop` send SIGTERM: stop as cleanly as on Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)

@@ -1,0 +1,52 @@
+"""`python -m itm.run` as a user runs it: embedded MongoDB, local Ray, then the API until Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from itm.embedded import free_port
+from itm.ray_runtime import LOCAL_ENV
+from tests.conftest import ROOT, write_urls
+from tests.servers import PicsumServer, picsum_lines
+
+
+def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: Path) -> None:
+    port = free_port()
+    with PicsumServer() as server:
+        urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines[:40]))
+        itm = subprocess.Popen(
+            [sys.executable, "-m", "itm.run", "--urls", str(urls), "--port", str(port),
+             "--data-dir", str(tmp_path / "itm"), "--no-dashboard"],
+            cwd=ROOT, env=os.environ | LOCAL_ENV, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        try:
+            output = []
+            deadline = time.monotonic() + 240
+            while not output or "Ctrl-C to stop." not in output[-1]:
+                assert time.monotonic() < deadline and itm.poll() is None, "".join(output)
+                output.append(itm.stdout.readline())
+            text = "".join(output)
+            assert "embedded MongoDB at mongodb://127.0.0.1:" in text
+            assert re.search(r"40 lines in .* s", text)
+            image_url = re.search(rf"http://localhost:{port}/image/[0-9a-f]{{32}}", text).group()
+            with urllib.request.urlopen(image_url, timeout=30) as reply:
+                assert reply.headers["Content-Type"] == "image/png"
+                assert reply.read().startswith(b"\x89PNG")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
+                assert reply.status == 200
+        finally:
+            os.killpg(itm.pid, signal.SIGINT)
+            rest = itm.communicate(timeout=120)[0]
+    assert itm.returncode == 0, rest
+    assert "stopping the API" in rest
+    storage = str(tmp_path / "itm" / "mongo")
+    alive = subprocess.run(["pgrep", "-f", storage], capture_output=True, text=True).stdout
+    assert not alive, "the embedded MongoDB outlived itm"

@@ -42,12 +42,14 @@ def new_run_id() -> str:
 def read_lines(path: Path, skip: set[int]) -> Iterator[Line]:
     """Stream ``(number, text)`` of each line, 1-based, without the lines in ``skip``.
 
-    Bytes that are not UTF-8 become U+FFFD, which the URL check then refuses.
+    Lines end at ``\n`` only, as ``wc -l`` counts them (a stray ``\r`` inside a line
+    stays there, and the URL check refuses it). Bytes that are not UTF-8 become
+    U+FFFD, which the URL check refuses too.
     """
-    with path.open(encoding="utf-8", errors="replace", newline=None) as lines:
+    with path.open(encoding="utf-8", errors="replace", newline="\n") as lines:
         for number, text in enumerate(lines, start=1):
             if number not in skip:
-                yield number, text.rstrip("\n")
+                yield number, text.rstrip("\r\n")
 
 
 def count_lines(path: Path) -> int:

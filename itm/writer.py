@@ -115,9 +115,6 @@ class MongoWriter:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def ping(self) -> bool:
-        return bool(self._retrying(lambda: self.db.command("ping")))
-
     # -- runs ---------------------------------------------------------------------------
 
     def start_run(self, run_id: str, source: str, resume: bool) -> list[int]:

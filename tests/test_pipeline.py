@@ -143,12 +143,15 @@ def test_nasty_lines_each_get_one_clear_error(
             "": "invalid_url",
         }
         urls = tmp_path / "urls.txt"
-        # A byte that is not UTF-8 must cost its own line only.
-        urls.write_bytes(b"\n".join(line.encode() for line in cases) + b"\nhttp://x/\xff\n")
+        raw = [line.encode() for line in cases]
+        raw[0] += b"\r"  # a CRLF line ending is still a good line
+        # A byte that is not UTF-8, or a stray CR, must cost its own line only.
+        raw += [b"http://x/\xff", b"http://127.0.0.1/a\rb.jpg"]
+        urls.write_bytes(b"\n".join(raw) + b"\n")
         code = run_itm(mongo_uri, db_name, urls, "--max-bytes", "1000000",
                        "--read-timeout", "1", "--deadline", "3", "--batch-size", "4")
     assert code == 0
     events = list(mongo_client[db_name].events.find().sort("line"))
-    assert [event["reason"] for event in events] == [*cases.values(), "invalid_url"]
+    assert [event["reason"] for event in events] == [*cases.values(), "invalid_url", "invalid_url"]
     assert all(event["detail"] for event in events if event["status"] == "error")
-    assert Counter(event["status"] for event in events) == {"success": 1, "error": 14}
+    assert Counter(event["status"] for event in events) == {"success": 1, "error": 15}

@@ -224,26 +224,41 @@ class MongoWriter:
         grays: Sequence[GrayImage | Failure],
         now: datetime,
     ) -> dict[str, tuple[str, int]]:
-        """Upsert the batch's images; return, per md5, the (run, line) that first stored it."""
+        """Upsert the batch's new images; return, per md5, the (run, line) that first stored it.
+
+        Images already stored are looked up first, so their PNGs are not sent again.
+        """
         images = self.db[store.IMAGES]
-        new: dict[str, dict] = {}
+        batch: dict[str, tuple[int, str, GrayImage]] = {}
         for (line, url), md5, gray in zip(lines, md5s, grays, strict=True):
-            if isinstance(gray, GrayImage) and md5 not in new:
-                new[md5] = {"md5": md5, "width": gray.width, "height": gray.height,
-                            "mode": gray.mode, "source_url": url, "inserted_at": now,
-                            "run_id": run_id, "line": line, "png": gray.png}
-        if not new:
+            if isinstance(gray, GrayImage):
+                batch.setdefault(md5, (line, url, gray))
+        first = self._first_lines(list(batch))
+        fresh = {md5: found for md5, found in batch.items() if md5 not in first}
+        if fresh:
+            _bulk(images, [
+                UpdateOne({"md5": md5}, {"$setOnInsert": {
+                    "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
+                    **self._png_field(md5, gray.png), "source_url": url, "inserted_at": now,
+                    "run_id": run_id, "line": line,
+                }}, upsert=True)
+                for md5, (line, url, gray) in fresh.items()
+            ])
+            first |= self._first_lines(list(fresh))  # another job may have won a race
+        return first
+
+    def _first_lines(self, md5s: list[str]) -> dict[str, tuple[str, int]]:
+        if not md5s:
             return {}
-        for doc in new.values():
-            png = doc.pop("png")
-            if len(png) <= store.MAX_INLINE_PNG:
-                doc["gray"] = Binary(png)
-            else:
-                doc["gray_id"] = self._store_large_png(doc["md5"], png)
-        _bulk(images, [UpdateOne({"md5": md5}, {"$setOnInsert": doc}, upsert=True)
-                       for md5, doc in new.items()])
-        stored = images.find({"md5": {"$in": list(new)}}, {"md5": 1, "run_id": 1, "line": 1})
-        return {doc["md5"]: (doc["run_id"], doc["line"]) for doc in stored}
+        found = self.db[store.IMAGES].find({"md5": {"$in": md5s}},
+                                           {"md5": 1, "run_id": 1, "line": 1})
+        return {doc["md5"]: (doc["run_id"], doc["line"]) for doc in found}
+
+    def _png_field(self, md5: str, png: bytes) -> dict[str, object]:
+        """The PNG in the document, or in GridFS when it would not fit in one."""
+        if len(png) <= store.MAX_INLINE_PNG:
+            return {"gray": Binary(png)}
+        return {"gray_id": self._store_large_png(md5, png)}
 
     def _store_large_png(self, md5: str, png: bytes) -> str:
         """Put a PNG too large for a document in GridFS, under the id ``md5``, once."""

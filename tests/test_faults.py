@@ -17,11 +17,13 @@ from pymongo import MongoClient
 from pymongo.database import Database
 from ray.actor import ActorHandle
 
+from itm import store
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.errors import Failure
 from itm.imaging import grayscale_png, md5_hex
 from itm.pipeline import run_batches
+from itm.queries import image_png
 from itm.run import read_lines
 from itm.writer import Counts, MongoWriter, WriterActor
 from tests.conftest import ROOT, run_itm, write_urls
@@ -220,3 +222,19 @@ def test_an_unreachable_ray_fails_fast(mongo_uri: str, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Ray at 127.0.0.1" in result.stderr
     assert time.monotonic() - started < 60
+
+
+def test_a_png_too_large_for_a_document_goes_to_gridfs_once(
+    mongo_uri: str, db: Database, ray_local: None, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store, "MAX_INLINE_PNG", 1000)  # every test PNG is larger
+    writer = MongoWriter(mongo_uri, db.name)
+    lines, md5s, grays = sample_batch()
+    for _ in range(2):  # the second time is a replay
+        writer.write("r1", lines, md5s, grays)
+    gray_of_line = {line: gray for (line, _), gray in zip(lines, grays, strict=True)}
+    for image in db.images.find():
+        assert "gray" not in image
+        assert image_png(db, image["md5"]).read() == gray_of_line[image["line"]].png
+    assert db["gray.files"].count_documents({}) == 2
+    assert_exact(db, "r1", 4)

@@ -38,6 +38,8 @@ from itm.errors import Failure
 from itm.imaging import GrayImage
 
 T = TypeVar("T")
+# One input line as the writer gets it: ((line number, url), md5, grayscale or failure).
+Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
 
@@ -178,21 +180,16 @@ class MongoWriter:
 
         Returns the outcomes of these lines as stored (a replay returns the first ones).
         """
-        return self._retrying(lambda: self._write(run_id, lines, md5s, grays))
+        items = list(zip(lines, md5s, grays, strict=True))
+        return self._retrying(lambda: self._write(run_id, items))
 
-    def _write(
-        self,
-        run_id: str,
-        lines: Sequence[tuple[int, str]],
-        md5s: Sequence[str | None],
-        grays: Sequence[GrayImage | Failure],
-    ) -> Counts:
+    def _write(self, run_id: str, items: list[Item]) -> Counts:
         now = utcnow()
-        first_line = self._store_images(run_id, lines, md5s, grays, now)
+        first_line = self._store_images(run_id, items, now)
         tally = uuid.uuid4().hex
         events = self.db[store.EVENTS]
         ops = []
-        for (line, url), md5, gray in zip(lines, md5s, grays, strict=True):
+        for (line, url), md5, gray in items:
             event = {
                 "run_id": run_id, "line": line, "url": url, "md5": md5,
                 "finished_at": now, "counted": False, "tally": tally,
@@ -206,7 +203,7 @@ class MongoWriter:
             ops.append(UpdateOne({"run_id": run_id, "line": line},
                                  {"$setOnInsert": event}, upsert=True))
         _bulk(events, ops)
-        numbers = {line for line, _ in lines}
+        numbers = {line for (line, _), _, _ in items}
         # A range on the unique index, filtered here: far cheaper than $in plus more filters.
         stored = [event for event in events.find(
             {"run_id": run_id, "line": {"$gte": min(numbers), "$lte": max(numbers)}},
@@ -217,12 +214,7 @@ class MongoWriter:
         return Counts.of_events(stored)
 
     def _store_images(
-        self,
-        run_id: str,
-        lines: Sequence[tuple[int, str]],
-        md5s: Sequence[str | None],
-        grays: Sequence[GrayImage | Failure],
-        now: datetime,
+        self, run_id: str, items: list[Item], now: datetime
     ) -> dict[str, tuple[str, int]]:
         """Upsert the batch's new images; return, per md5, the (run, line) that first stored it.
 
@@ -230,7 +222,7 @@ class MongoWriter:
         """
         images = self.db[store.IMAGES]
         batch: dict[str, tuple[int, str, GrayImage]] = {}
-        for (line, url), md5, gray in zip(lines, md5s, grays, strict=True):
+        for (line, url), md5, gray in items:
             if isinstance(gray, GrayImage):
                 batch.setdefault(md5, (line, url, gray))
         first = self._first_lines(list(batch))

@@ -100,7 +100,8 @@ class Settings:
             flag = "--" + f.name.replace("_", "-")
             kind = _base_type(f)
             env_name = ENV_PREFIX + f.name.upper()
-            helptext = f"{f.metadata['help']} [env {env_name}; default: %(default)s]"
+            # The built-in default, not the environment's value: that may hold a password.
+            helptext = f"{f.metadata['help']} [env {env_name}; default: {f.default}]"
             if kind is bool:
                 parser.add_argument(
                     flag, action=argparse.BooleanOptionalAction,

@@ -25,6 +25,7 @@ from itm.config import Settings
 from itm.download import fetch
 from itm.embedded import EmbeddedMongo
 from itm.errors import Failure
+from itm.histogram import floor_minute
 from itm.imaging import grayscale_png, md5_hex
 from itm.ray_runtime import init_ray
 from itm.run import read_lines, run_job
@@ -55,7 +56,7 @@ def sequential(urls: Path, db: Database, settings: Settings) -> tuple[int, int]:
             event |= {"status": "error", "reason": failure.reason, "detail": failure.detail}
             error += 1
         db.events.insert_one(event)
-        db.monitoring.update_one({"minute": now.replace(second=0, microsecond=0)},
+        db.monitoring.update_one({"minute": floor_minute(now)},
                                  {"$inc": {event["status"]: 1}}, upsert=True)
     return success, error
 

@@ -35,6 +35,7 @@ from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.errors import Failure
+from itm.histogram import floor_minute
 from itm.imaging import GrayImage
 
 T = TypeVar("T")
@@ -268,7 +269,7 @@ class MongoWriter:
             return
         groups: dict[tuple[str, datetime], Counter[str]] = {}
         for event in pending:
-            minute = event["finished_at"].replace(second=0, microsecond=0)
+            minute = floor_minute(event["finished_at"])
             groups.setdefault((event["tally"], minute), Counter())[event["status"]] += 1
         monitoring = self.db[store.MONITORING]
         for (tally, minute), by_status in groups.items():

@@ -132,12 +132,9 @@ class PicsumServer(LocalServer):
         with self._lock:
             body = self._cache.get(key)
         if body is None:
-            out = io.BytesIO()
-            photo(photo_id, width, height).save(out, format="JPEG", quality=85)
-            body = out.getvalue()
-            with self._lock:
-                self._cache[key] = body
+            body = jpeg(width, height, seed=photo_id)
         with self._lock:
+            self._cache[key] = body
             self.served[hashlib.md5(body).hexdigest()] = body
         return body
 

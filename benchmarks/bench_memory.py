@@ -11,7 +11,6 @@ grow with the input.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import multiprocessing
 import os
 import re
@@ -25,9 +24,9 @@ from ray._private.internal_api import memory_summary
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
+from itm.lines import read_lines
 from itm.pipeline import run_batches
 from itm.ray_runtime import init_ray
-from itm.run import read_lines
 from itm.writer import Counts, WriterActor
 from tests.servers import PicsumServer, picsum_lines
 
@@ -68,7 +67,8 @@ def main() -> None:
         lines = islice(cycle(picsum_lines(server_url.get(timeout=30), canonical)), args.lines)
         urls.write_text("\n".join(lines) + "\n")
         init_ray(None, dashboard=False)
-        settings = dataclasses.replace(Settings(), urls=urls, mongo_uri=uri)
+        # The local picsum is on loopback: opt in to private addresses, explicitly.
+        settings = Settings(urls=urls, mongo_uri=uri, allow_private_addresses=True)
         writer = WriterActor.remote(uri, settings.db)
         ray.get(writer.start_run.remote("memory", str(urls), False))
         samples: list[tuple[int, float, float]] = []

@@ -27,8 +27,9 @@ from itm.embedded import EmbeddedMongo
 from itm.errors import Failure
 from itm.histogram import floor_minute
 from itm.imaging import grayscale_png, md5_hex
+from itm.lines import read_lines
 from itm.ray_runtime import init_ray
-from itm.run import read_lines, run_job
+from itm.run import run_job
 from itm.store import connect, ensure_indexes
 from tests.servers import PicsumServer, picsum_lines
 
@@ -72,7 +73,9 @@ def main() -> None:
         urls = Path(tmp) / "urls.txt"
         urls.write_text("\n".join(picsum_lines(server.url, canonical)) + "\n")
         client = connect(uri)
-        settings = Settings(urls=urls, mongo_uri=uri, serve=False, dashboard=False)
+        # The local picsum is on loopback: opt in to private addresses, explicitly.
+        settings = Settings(urls=urls, mongo_uri=uri, serve=False, dashboard=False,
+                            allow_private_addresses=True)
 
         started = time.perf_counter()
         base_ok, base_err = sequential(urls, client["bench_sequential"], settings)

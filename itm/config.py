@@ -49,10 +49,24 @@ class Settings:
     batch_size: int = _opt(16, "input lines per Ray task and per writer call")
     connect_timeout: float = _opt(5.0, "seconds to open a connection")
     read_timeout: float = _opt(10.0, "seconds to wait for the next bytes of a response")
-    deadline: float = _opt(30.0, "seconds one URL may take in all, retries and redirects included")
+    deadline: float = _opt(
+        30.0, "seconds one URL may take in all: DNS, connect, TLS, headers, every redirect, "
+        "every body, retries"
+    )
     retries: int = _opt(2, "retries of a transient download failure (reset, 429, 502, 503, 504)")
     max_redirects: int = _opt(5, "redirects followed per URL")
-    max_bytes: int = _opt(50_000_000, "largest download accepted, counted while streaming")
+    max_bytes: int = _opt(
+        50_000_000, "largest body accepted, counted while streaming, decompressed size included"
+    )
+    allow_private_addresses: bool = _opt(
+        False, "also fetch loopback, private and carrier-grade NAT addresses (127.0.0.1, "
+        "10.0.0.0/8, 192.168.0.0/16, fc00::/7, ...): off, so that a URL list cannot reach "
+        "the services of this machine and its network; on for intranets and local tests"
+    )
+    allow_link_local_addresses: bool = _opt(
+        False, "also fetch link-local addresses (169.254.0.0/16, fe80::/10): off, because "
+        "cloud metadata services there hand out credentials"
+    )
     max_pixels: int = _opt(50_000_000, "largest image decoded (width x height): bomb guard")
     png_level: int = _opt(1, "zlib level of the stored grayscale PNG (0-9)")
     mongo_retry_seconds: float = _opt(60.0, "how long the writer retries while MongoDB is away")

@@ -1,122 +1,487 @@
-"""Downloading one URL safely: limits on time, size and redirects; retries for transient faults.
+"""Downloading one URL from a server that may be hostile.
+
+Nothing is left to the server:
+
+- one deadline bounds the whole exchange (DNS, connect, TLS, status line, headers,
+  every redirect hop, every body, retries): a watchdog thread shuts the socket of
+  a URL down at its deadline, so no read can block past it, however slowly the
+  server drips;
+- redirects are followed hop by hop here; a redirect's body is never read (at most
+  a small one that has already arrived, to keep the connection), and every body
+  read counts against ``--max-bytes``, decompressed size included;
+- each hop's host is resolved once, each address checked (``itm.urls``), and the
+  connection goes to the address that was checked, so DNS cannot swap it; TLS is
+  still verified against the host name;
+- no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
+  from another URL goes into a request.
 
 Every way a download can fail ends as one ``Failure`` with a stable ``reason``.
+Connections are pooled per process, keep-alive, and reused across URLs of the
+same host only when pinned to an address this hop checked. Thread-safe.
 """
 
 from __future__ import annotations
 
+import contextlib
+import email.utils
+import heapq
+import http.client
+import ipaddress
+import itertools
+import os
+import select
+import socket
+import ssl
+import threading
 import time
-from functools import lru_cache
+import zlib
+from datetime import datetime, timezone
+from urllib.parse import urljoin
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ProtocolError, ReadTimeoutError
+import certifi
 
 from itm.config import Settings
 from itm.errors import Failure
-from itm.urls import check_url
+from itm.urls import Target, address_refusal, check_url, target_of
 
 # Worth another try: the server or the path to it may be fine a moment later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
 BACKOFF = 0.25  # seconds before the first retry; doubles each time
 USER_AGENT = "itm/0.1"
+# A redirect body this small that has already arrived is read, so that the
+# connection can carry the next hop; anything else closes it unread.
+DRAIN_BYTES = 4096
+DRAIN_SECONDS = 0.05
+_TLS = ssl.create_default_context(cafile=certifi.where())
 
 
 class _Transient(Exception):
-    """A failure that a retry may cure."""
+    """A failure that a retry may cure; ``wait`` is the server's Retry-After, if any."""
 
-    def __init__(self, failure: Failure) -> None:
+    def __init__(self, failure: Failure, wait: float = 0.0) -> None:
         super().__init__(failure)
         self.failure = failure
-
-
-@lru_cache(maxsize=4)
-def session_for(pool_size: int, max_redirects: int) -> requests.Session:
-    """One pooled session per worker process, reused by every task it runs."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.max_redirects = max_redirects
-    session.headers["User-Agent"] = USER_AGENT
-    return session
+        self.wait = wait
 
 
 def fetch(line: str, settings: Settings) -> bytes:
     """The body of the URL on ``line``, or raise ``Failure``.
 
     Retries only transient faults (connection errors, 429, 502, 503, 504), with
-    exponential backoff, and never past the URL's total deadline.
+    exponential backoff or the server's ``Retry-After``, and never past the URL's
+    deadline: a wait that would end past it fails at once.
     """
     url = check_url(line)
-    session = session_for(settings.batch_size, settings.max_redirects)
-    deadline = time.monotonic() + settings.deadline
-    attempt = 0
-    while True:
-        try:
-            return _get(session, url, deadline, settings)
-        except _Transient as transient:
-            pause = BACKOFF * 2**attempt
-            if attempt == settings.retries or time.monotonic() + pause >= deadline:
-                raise transient.failure from None
-            time.sleep(pause)
-            attempt += 1
+    with _Exchange(time.monotonic() + settings.deadline) as exchange:
+        attempt = 0
+        while True:
+            try:
+                return _attempt(url, exchange, settings)
+            except _Transient as transient:
+                pause = max(BACKOFF * 2**attempt, transient.wait)
+                if attempt == settings.retries or time.monotonic() + pause >= exchange.deadline:
+                    raise transient.failure from None
+                time.sleep(pause)
+                attempt += 1
 
 
-def _get(session: requests.Session, url: str, deadline: float, settings: Settings) -> bytes:
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise Failure("timeout", f"no time left of the {settings.deadline:g} s deadline")
-    timeout = (min(settings.connect_timeout, remaining), min(settings.read_timeout, remaining))
+class _Exchange:
+    """One URL's exchange with its deadline: the watchdog shuts its socket down then."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._done = False
+
+    def __enter__(self) -> _Exchange:
+        _WATCHDOG.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done, self._sock = True, None
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise OSError("deadline reached")
+        return left
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """The socket in use now (``None``: none). Call before closing or pooling it."""
+        with self._lock:
+            self._sock = sock
+            if sock is not None and self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake any thread blocked on ``sock``. The plain-socket call also works on a TLS
+    socket without touching its TLS state, which another thread is using."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread per process that expires exchanges at their deadlines."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Exchange]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, exchange: _Exchange) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (exchange.deadline, next(self._order), exchange))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="itm-deadline",
+                                                daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is exchange:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    heapq.heappop(self._heap)[2].expire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+    def forget_thread(self) -> None:
+        """In a forked child the thread is gone: the next ``add`` starts one."""
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.forget_thread)
+
+
+def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
+    """One try of the URL, redirects included; every error becomes a ``Failure``."""
     try:
-        with session.get(url, stream=True, timeout=timeout) as response:
-            _check_status(response)
-            return _read_body(response, deadline, settings)
-    except requests.TooManyRedirects:
-        raise Failure(
-            "too_many_redirects", f"more than {settings.max_redirects} redirects"
-        ) from None
-    except requests.ConnectTimeout:
-        raise Failure("timeout", f"no connection within {timeout[0]:g} s") from None
-    except (requests.ReadTimeout, ReadTimeoutError):
-        raise Failure("timeout", f"no data for {timeout[1]:g} s") from None
-    except (requests.exceptions.InvalidSchema, requests.exceptions.InvalidURL,
-            requests.exceptions.MissingSchema) as exc:
-        raise Failure("invalid_url", f"cannot follow the URL or its redirect: {exc}") from None
-    except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError,
-            ProtocolError) as exc:
-        cause = exc.args[0] if exc.args else exc
-        if isinstance(cause, ReadTimeoutError):  # requests wraps a read timeout of the body
-            raise Failure("timeout", f"no data for {timeout[1]:g} s") from None
-        raise _Transient(Failure("connection_error", str(cause))) from None
-    except requests.RequestException as exc:
-        raise Failure("download_error", str(exc)) from None
+        return _follow(url, exchange, settings)
+    except (Failure, _Transient):
+        raise
+    except Exception as exc:  # a hostile answer must cost its own line only
+        if exchange.expired:
+            raise Failure("timeout", f"no complete answer within the {settings.deadline:g} s "
+                          "deadline") from None
+        raise _failure_of(exc, settings) from None
 
 
-def _check_status(response: requests.Response) -> None:
-    code = response.status_code
-    if code == 200:
-        return
+def _failure_of(exc: Exception, settings: Settings) -> Failure | _Transient:
+    if isinstance(exc, TimeoutError):
+        return Failure("timeout", f"no data for {settings.read_timeout:g} s")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure("connection_error", f"TLS certificate refused: {exc.verify_message}")
+    if isinstance(exc, (OSError, http.client.IncompleteRead)):  # refused, reset, closed early
+        return _Transient(Failure("connection_error", str(exc) or type(exc).__name__))
+    if isinstance(exc, (http.client.HTTPException, zlib.error)):
+        return Failure("download_error", f"malformed answer: {type(exc).__name__} {exc}")
+    return Failure("download_error", f"{type(exc).__name__}: {exc}")
+
+
+def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
+    """Hop by hop: each hop is resolved, checked and connected to on its own."""
+    for _ in range(settings.max_redirects + 1):
+        target = target_of(url)
+        conn, response = _request(target, exchange, settings)
+        status = response.status
+        location = response.getheader("Location") if status in REDIRECTS else None
+        if status == 200:
+            try:
+                body = _read_body(response, settings)
+            except BaseException:
+                _discard(conn, exchange, response)
+                raise
+            _release(target, conn, response, exchange, settings)
+            return body
+        _finish(target, conn, response, exchange, settings)
+        if location is None:
+            raise _status_failure(response, exchange, settings)
+        # Headers arrive as latin-1; a UTF-8 Location is the common case.
+        url = check_url(urljoin(url, location.encode("latin-1").decode("utf-8", "replace")))
+    raise Failure("too_many_redirects", f"more than {settings.max_redirects} redirects")
+
+
+def _status_failure(response: http.client.HTTPResponse, exchange: _Exchange,
+                    settings: Settings) -> Failure | _Transient:
+    code = response.status
     failure = Failure(f"http_{code}", f"HTTP {code} {response.reason or ''}".strip())
-    if code in TRANSIENT_STATUSES:
+    if code not in TRANSIENT_STATUSES:
+        return failure
+    wait = retry_after(response.getheader("Retry-After"))
+    if wait is None:
+        return _Transient(failure)
+    if time.monotonic() + wait >= exchange.deadline:
+        return Failure(failure.reason, f"{failure.detail}; Retry-After {wait:g} s is past "
+                       f"the {settings.deadline:g} s deadline")
+    return _Transient(failure, wait)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+# --- one hop: resolve, check, connect (or reuse), send, read the headers ---------
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP/1.1 to one checked address, whatever the host name resolves to later."""
+
+    def __init__(self, ip: str, port: int, timeout: float, exchange: _Exchange) -> None:
+        super().__init__(ip, port, timeout=timeout)
+        self.ip = ip
+        self.exchange = exchange
+
+    def connect(self) -> None:
+        super().connect()
+        self.exchange.watch(self.sock)
+
+
+class _TLSConnection(_Connection):
+    """TLS to the checked address, verified against the host name (SNI and certificate)."""
+
+    def __init__(self, ip: str, port: int, timeout: float, exchange: _Exchange,
+                 hostname: str) -> None:
+        super().__init__(ip, port, timeout, exchange)
+        self.hostname = hostname
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _TLS.wrap_socket(self.sock, server_hostname=self.hostname,
+                                     do_handshake_on_connect=False)
+        self.exchange.watch(self.sock)  # the handshake too is bounded by the deadline
+        self.sock.do_handshake()
+
+
+class _Pool:
+    """Idle keep-alive connections per (scheme, host, port), each pinned to its address."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
+
+    def take(self, target: Target, addresses: list[str]) -> _Connection | None:
+        with self._lock:
+            idle = self._idle.get((target.tls, target.host, target.port), [])
+            for i in range(len(idle) - 1, -1, -1):
+                if idle[i].ip in addresses:
+                    conn = idle.pop(i)
+                    break
+            else:
+                return None
+        if _alive(conn.sock):
+            return conn
+        conn.close()
+        return None
+
+    def put(self, target: Target, conn: _Connection, cap: int) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((target.tls, target.host, target.port), [])
+            if len(idle) < cap:
+                idle.append(conn)
+                return
+        conn.close()
+
+
+_POOL = _Pool()
+
+
+def _alive(sock: socket.socket | None) -> bool:
+    """An idle connection is usable while nothing is readable on it (no EOF, no junk)."""
+    if sock is None:
+        return False
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return not poll.poll(0)
+
+
+def _request(target: Target, exchange: _Exchange, settings: Settings
+             ) -> tuple[_Connection, http.client.HTTPResponse]:
+    addresses = _addresses(target, exchange, settings)
+    conn = _POOL.take(target, addresses)
+    if conn is not None:
+        conn.exchange = exchange
+        exchange.watch(conn.sock)
+        try:
+            return conn, _send(conn, target, exchange, settings)
+        except ConnectionError:  # the server closed it meanwhile: a new one, at no retry's cost
+            _discard(conn, exchange)
+            exchange.remaining()
+    conn = _connect(target, addresses, exchange, settings)
+    try:
+        return conn, _send(conn, target, exchange, settings)
+    except BaseException:
+        _discard(conn, exchange)
+        raise
+
+
+def _send(conn: _Connection, target: Target, exchange: _Exchange, settings: Settings
+          ) -> http.client.HTTPResponse:
+    conn.sock.settimeout(min(settings.read_timeout, exchange.remaining()))
+    conn.request("GET", target.path, headers={
+        "Host": target.host_header, "User-Agent": USER_AGENT, "Accept": "*/*",
+        "Accept-Encoding": "gzip, deflate",
+    })
+    return conn.getresponse()
+
+
+def _addresses(target: Target, exchange: _Exchange, settings: Settings) -> list[str]:
+    """The addresses of the hop's host that may be connected to, resolved once."""
+    refused = []
+    allowed = []
+    for address in _resolve(target, exchange):
+        why = address_refusal(ipaddress.ip_address(address), settings)
+        (allowed if why is None else refused).append((address, why))
+    if allowed:
+        return [address for address, _ in allowed]
+    address, why = refused[0]
+    named = address if address == target.host else f"{target.host} resolves to {address},"
+    raise Failure("blocked_address", f"{named} {why}")
+
+
+def _resolve(target: Target, exchange: _Exchange) -> list[str]:
+    """Every address of the host, in the resolver's order. Numeric forms (``127.1``,
+    ``2130706433``, ``0x7f.1``) are read without a lookup; a name is looked up in a
+    thread of its own, so that a slow resolver cannot hold the URL past its deadline."""
+    try:
+        return _sockaddrs(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM,
+                                             flags=socket.AI_NUMERICHOST))
+    except socket.gaierror:
+        pass
+    answer: list = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            answer.append(exc)
+        done.set()
+
+    threading.Thread(target=lookup, name="itm-dns", daemon=True).start()
+    if not done.wait(exchange.remaining()):
+        exchange.expired = True
+        raise OSError(f"no DNS answer for {target.host}")
+    if isinstance(answer[0], OSError):
+        failure = Failure("connection_error", f"cannot resolve {target.host}: {answer[0]}")
+        if getattr(answer[0], "errno", None) == socket.EAI_NONAME:
+            raise failure
         raise _Transient(failure)
-    raise failure
+    return _sockaddrs(answer[0])
 
 
-def _read_body(response: requests.Response, deadline: float, settings: Settings) -> bytes:
+def _sockaddrs(infos: list) -> list[str]:
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _connect(target: Target, addresses: list[str], exchange: _Exchange, settings: Settings
+             ) -> _Connection:
+    """A new connection to the first checked address that answers."""
+    error: OSError = OSError("no address")
+    for address in addresses:
+        timeout = min(settings.connect_timeout, exchange.remaining())
+        conn = (_TLSConnection(address, target.port, timeout, exchange, target.host)
+                if target.tls else _Connection(address, target.port, timeout, exchange))
+        try:
+            conn.connect()
+            return conn
+        except TimeoutError:
+            _discard(conn, exchange)
+            raise Failure("timeout", f"no connection within {timeout:g} s") from None
+        except OSError as exc:
+            _discard(conn, exchange)
+            error = exc
+    raise error
+
+
+# --- after the headers: the body, or the connection back to the pool --------------
+
+def _read_body(response: http.client.HTTPResponse, settings: Settings) -> bytes:
     """Stream the body, counting decoded bytes against the limit (Content-Length is only a hint)."""
     limit = settings.max_bytes
-    declared = response.headers.get("Content-Length", "")
+    declared = response.getheader("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise Failure("too_large", f"Content-Length {int(declared):,} is over {limit:,} bytes")
+    decoder = _decoder(response.getheader("Content-Encoding"))
     body = bytearray()
-    # read1 returns whatever has arrived, so a server that drips bytes cannot
-    # hold a read open past the deadline.
-    while chunk := response.raw.read1(CHUNK, decode_content=True):
+    # read1 returns whatever has arrived; the watchdog bounds the wait for it.
+    while chunk := response.read1(CHUNK):
+        if decoder is not None:  # never more than the room left, plus one byte to tell
+            chunk = decoder.decompress(chunk, limit - len(body) + 1)
         body += chunk
         if len(body) > limit:
-            raise Failure("too_large", f"body is over {limit:,} bytes")
-        if time.monotonic() > deadline:
-            raise Failure("timeout", f"body incomplete after the {settings.deadline:g} s deadline")
+            raise Failure("too_large", f"body is over {limit:,} bytes"
+                          + (" once decompressed" if decoder is not None else ""))
+    if response.length:  # the connection ended before the Content-Length did
+        raise http.client.IncompleteRead(b"", response.length)
     return bytes(body)
+
+
+def _decoder(encoding: str | None) -> zlib._Decompress | None:
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+    raise Failure("download_error", f"Content-Encoding {encoding!r} is not supported")
+
+
+def _finish(target: Target, conn: _Connection, response: http.client.HTTPResponse,
+            exchange: _Exchange, settings: Settings) -> None:
+    """Done with an answer that is not the image: keep the connection only if its
+    small body has already arrived; otherwise close it, body unread."""
+    if conn.sock is not None and response.length is not None and response.length <= DRAIN_BYTES:
+        end = time.monotonic() + DRAIN_SECONDS
+        try:
+            conn.sock.settimeout(DRAIN_SECONDS)
+            while not response.isclosed() and time.monotonic() < end:
+                if not response.read1(DRAIN_BYTES):
+                    break
+        except (OSError, http.client.HTTPException):
+            pass
+    _release(target, conn, response, exchange, settings)
+
+
+def _release(target: Target, conn: _Connection, response: http.client.HTTPResponse,
+             exchange: _Exchange, settings: Settings) -> None:
+    exchange.watch(None)
+    if response.isclosed() and conn.sock is not None and not exchange.expired:
+        _POOL.put(target, conn, settings.batch_size)
+    else:
+        _discard(conn, exchange, response)
+
+
+def _discard(conn: _Connection, exchange: _Exchange,
+             response: http.client.HTTPResponse | None = None) -> None:
+    """Close a connection that may be broken or hold an unread body (after unwatching it,
+    so that the watchdog never shuts a socket number that is being reused)."""
+    exchange.watch(None)
+    if response is not None:
+        response.close()
+    conn.close()

@@ -25,9 +25,8 @@ from itm.config import Settings
 from itm.download import fetch
 from itm.errors import Failure
 from itm.imaging import GrayImage, grayscale_png, md5_hex
+from itm.lines import Line
 from itm.writer import Counts, MongoUnavailable
-
-Line = tuple[int, str]  # (1-based line number, text of the line)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from pathlib import Path
 
 import ray
 from pymongo.errors import PyMongoError
@@ -23,7 +22,8 @@ from tqdm import tqdm
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
-from itm.pipeline import Line, run_batches
+from itm.lines import count_lines, read_lines
+from itm.pipeline import run_batches
 from itm.queries import image_page
 from itm.ray_runtime import init_ray
 from itm.store import connect, redact
@@ -37,24 +37,6 @@ class JobError(RuntimeError):
 def new_run_id() -> str:
     """Sortable and unique: UTC time plus a random suffix."""
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
-
-
-def read_lines(path: Path, skip: set[int]) -> Iterator[Line]:
-    """Stream ``(number, text)`` of each line, 1-based, without the lines in ``skip``.
-
-    Lines end at ``\n`` only, as ``wc -l`` counts them (a stray ``\r`` inside a line
-    stays there, and the URL check refuses it). Bytes that are not UTF-8 become
-    U+FFFD, which the URL check refuses too.
-    """
-    with path.open(encoding="utf-8", errors="replace", newline="\n") as lines:
-        for number, text in enumerate(lines, start=1):
-            if number not in skip:
-                yield number, text.rstrip("\r\n")
-
-
-def count_lines(path: Path) -> int:
-    with path.open("rb") as data:
-        return sum(1 for _ in data)
 
 
 def check_mongo(uri: str) -> None:
@@ -87,7 +69,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
             bar.set_postfix(ok=seen.success, errors=seen.error, dup=seen.duplicates, refresh=False)
             bar.update(counts.lines)
 
-        run_batches(read_lines(settings.urls, set(done)), writer, run_id, settings, progress)
+        run_batches(read_lines(settings.urls, done), writer, run_id, settings, progress)
     totals = ray.get(writer.finish_run.remote(run_id))
     return totals, time.perf_counter() - started
 

@@ -70,9 +70,12 @@ def write_urls(folder: Path, lines: list[str]) -> Path:
 
 
 def run_itm(mongo_uri: str, db_name: str, urls: Path, *flags: str) -> int:
-    """``python -m itm.run --no-serve`` in this process, on the session's Ray."""
+    """``python -m itm.run --no-serve`` in this process, on the session's Ray.
+
+    With ``--allow-private-addresses``: the tests' image servers are on loopback.
+    """
     return main(["--urls", str(urls), "--mongo-uri", mongo_uri, "--db", db_name,
-                 "--no-serve", *flags])
+                 "--no-serve", "--allow-private-addresses", *flags])
 
 
 @dataclass

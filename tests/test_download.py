@@ -14,8 +14,9 @@ from itm.embedded import free_port
 from itm.errors import Failure
 from tests.servers import FaultServer
 
+# The test servers are on loopback: opted in to private addresses, explicitly.
 SETTINGS = Settings(connect_timeout=1.0, read_timeout=0.5, deadline=2.0, retries=2,
-                    max_bytes=1_000_000, max_redirects=3)
+                    max_bytes=1_000_000, max_redirects=3, allow_private_addresses=True)
 
 
 @pytest.fixture(scope="module")

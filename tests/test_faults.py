@@ -22,9 +22,9 @@ from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.errors import Failure
 from itm.imaging import grayscale_png, md5_hex
+from itm.lines import read_lines
 from itm.pipeline import run_batches
 from itm.queries import image_png
-from itm.run import read_lines
 from itm.writer import Counts, MongoWriter, WriterActor
 from tests.conftest import ROOT, run_itm, write_urls
 from tests.servers import PicsumServer, jpeg, picsum_lines
@@ -93,7 +93,8 @@ def pipeline_run(mongo_uri: str, db: Database, lines: list[str], tmp_path: Path,
     with PicsumServer(latency=latency) as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, lines))
         return run_batches(read_lines(urls, set()), writer, "faults",
-                           Settings(batch_size=8, concurrency=32), lambda _: on_batch(writer))
+                           Settings(batch_size=8, concurrency=32,
+                                    allow_private_addresses=True), lambda _: on_batch(writer))
 
 
 def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(

@@ -37,6 +37,7 @@ def execute(mongo_uri: str, db_name: str) -> dict[str, NotebookNode]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("ITM_MONGO_URI", mongo_uri)
         env.setenv("ITM_DB", db_name)
+        env.setenv("ITM_ALLOW_PRIVATE_ADDRESSES", "1")  # the sources are on loopback
         # The kernel starts in notebooks/: let it import this checkout's itm, installed or not.
         env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT),
                                                                 os.environ.get("PYTHONPATH")])))

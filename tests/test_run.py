@@ -24,8 +24,9 @@ def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: 
         itm = subprocess.Popen(
             [sys.executable, "-m", "itm.run", "--urls", str(urls), "--port", str(port),
              "--data-dir", str(tmp_path / "itm"), "--no-dashboard"],
-            cwd=ROOT, env=os.environ | LOCAL_ENV, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            # The local picsum is on loopback: opt in to private addresses, explicitly.
+            cwd=ROOT, env=os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
         try:
             output = []

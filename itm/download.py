@@ -172,16 +172,25 @@ os.register_at_fork(after_in_child=_WATCHDOG.forget_thread)
 
 
 def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
-    """One try of the URL, redirects included; every error becomes a ``Failure``."""
+    """One try of the URL, redirects included; every error becomes a ``Failure``.
+
+    Once the deadline has passed, whatever came of the cut connection (a status line
+    cut short that still parses, an empty body) is a timeout.
+    """
     try:
-        return _follow(url, exchange, settings)
-    except (Failure, _Transient):
-        raise
+        body = _follow(url, exchange, settings)
+    except (Failure, _Transient) as exc:
+        failure: Exception | None = exc
     except Exception as exc:  # a hostile answer must cost its own line only
-        if exchange.expired:
-            raise Failure("timeout", f"no complete answer within the {settings.deadline:g} s "
-                          "deadline") from None
-        raise _failure_of(exc, settings) from None
+        failure = _failure_of(exc, settings)
+    else:
+        failure = None
+    if exchange.expired:
+        raise Failure("timeout", f"no complete answer within the {settings.deadline:g} s "
+                      "deadline") from None
+    if failure is not None:
+        raise failure from None
+    return body
 
 
 def _failure_of(exc: Exception, settings: Settings) -> Failure | _Transient:
@@ -325,15 +334,11 @@ def _request(target: Target, exchange: _Exchange, settings: Settings
              ) -> tuple[_Connection, http.client.HTTPResponse]:
     addresses = _addresses(target, exchange, settings)
     conn = _POOL.take(target, addresses)
-    if conn is not None:
+    if conn is None:
+        conn = _connect(target, addresses, exchange, settings)
+    else:
         conn.exchange = exchange
         exchange.watch(conn.sock)
-        try:
-            return conn, _send(conn, target, exchange, settings)
-        except ConnectionError:  # the server closed it meanwhile: a new one, at no retry's cost
-            _discard(conn, exchange)
-            exchange.remaining()
-    conn = _connect(target, addresses, exchange, settings)
     try:
         return conn, _send(conn, target, exchange, settings)
     except BaseException:
@@ -460,7 +465,7 @@ def _finish(target: Target, conn: _Connection, response: http.client.HTTPRespons
         end = time.monotonic() + DRAIN_SECONDS
         try:
             conn.sock.settimeout(DRAIN_SECONDS)
-            while not response.isclosed() and time.monotonic() < end:
+            while response.length and time.monotonic() < end:
                 if not response.read1(DRAIN_BYTES):
                     break
         except (OSError, http.client.HTTPException):
@@ -471,6 +476,8 @@ def _finish(target: Target, conn: _Connection, response: http.client.HTTPRespons
 def _release(target: Target, conn: _Connection, response: http.client.HTTPResponse,
              exchange: _Exchange, settings: Settings) -> None:
     exchange.watch(None)
+    if response.length == 0:  # read to its end: http.client closes it only at EOF
+        response.close()
     if response.isclosed() and conn.sock is not None and not exchange.expired:
         _POOL.put(target, conn, settings.batch_size)
     else:

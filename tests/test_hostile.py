@@ -192,3 +192,23 @@ def test_a_hostile_list_ends_within_its_deadline(
     assert "line too long" in events[-1]["detail"]
     assert len(events[-1]["url"]) <= MAX_LINE + 1
     assert seconds <= DEADLINE + 10
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(row.split()[1]) for row in status if row.startswith("VmHWM")) / 1024
+
+
+def test_a_file_without_newline_keeps_the_driver_flat(
+    mongo_uri: str, mongo_client: MongoClient, db_name: str, ray_local: None, tmp_path: Path,
+) -> None:
+    urls = tmp_path / "urls.txt"
+    with urls.open("wb") as out:
+        for _ in range(200):
+            out.write(b"y" * 2**20)  # 200 MB, no newline
+    Path("/proc/self/clear_refs").write_text("5")  # the peak RSS starts again from now
+    before = peak_rss_mib()
+    assert run_itm(mongo_uri, db_name, urls) == 0
+    assert peak_rss_mib() - before < 100  # the line would be 200 MB and more
+    (event,) = mongo_client[db_name].events.find()
+    assert event["reason"] == "invalid_url" and "line too long" in event["detail"]

@@ -64,7 +64,8 @@ def test_a_multi_node_run_equals_the_single_node_run(
         started = time.perf_counter()
         result = subprocess.run(
             [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", mongo_uri,
-             "--db", dbs["multi"].name, "--no-serve", "--ray-address", cluster.address],
+             "--db", dbs["multi"].name, "--no-serve", "--ray-address", cluster.address,
+             "--allow-private-addresses"],  # the local picsum is on loopback
             cwd=ROOT, env=os.environ | LOCAL_ENV, capture_output=True, text=True, timeout=300,
         )
         seconds["multi"] = time.perf_counter() - started

@@ -172,7 +172,8 @@ def test_a_killed_driver_resumes_where_it_stopped(
     with PicsumServer(latency=0.05) as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines))
         command = [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", mongo_uri,
-                   "--db", db.name, "--no-serve", "--concurrency", "8", "--batch-size", "4"]
+                   "--db", db.name, "--no-serve", "--concurrency", "8", "--batch-size", "4",
+                   "--allow-private-addresses"]  # the local picsum is on loopback
         driver = subprocess.Popen(command, cwd=ROOT, env=os.environ | RAY_ENV,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)

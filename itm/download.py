@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from urllib.parse import urljoin
 
 import certifi
+from requests.utils import requote_uri
 
 from itm.config import Settings
 from itm.errors import Failure
@@ -223,8 +224,9 @@ def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
         _finish(target, conn, response, exchange, settings)
         if location is None:
             raise _status_failure(response, exchange, settings)
-        # Headers arrive as latin-1; a UTF-8 Location is the common case.
-        url = check_url(urljoin(url, location.encode("latin-1").decode("utf-8", "replace")))
+        # Headers arrive as latin-1; a UTF-8 Location is the common case, spaces happen.
+        location = location.encode("latin-1").decode("utf-8", "replace")
+        url = check_url(requote_uri(urljoin(url, location)))
     raise Failure("too_many_redirects", f"more than {settings.max_redirects} redirects")
 
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
+from itm.fingerprint import fingerprint
 from itm.pipeline import Line, run_batches
 from itm.queries import image_page
 from itm.ray_runtime import init_ray
@@ -72,7 +73,10 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     """Process the input file on the already-initialized Ray; return (totals, seconds)."""
     writer = WriterActor.remote(mongo_uri, settings.db, settings.mongo_retry_seconds)
     try:
-        done = ray.get(writer.start_run.remote(run_id, str(settings.urls), bool(settings.resume)))
+        # A LineSet: a few ranges, however many lines are done.
+        done = ray.get(writer.start_run.remote(
+            run_id, str(settings.urls), bool(settings.resume), fingerprint(settings.urls),
+            settings.force_resume))
     except ValueError as exc:
         raise JobError(str(exc)) from None
     print(f"itm: run {run_id} on {settings.urls}"
@@ -87,7 +91,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
             bar.set_postfix(ok=seen.success, errors=seen.error, dup=seen.duplicates, refresh=False)
             bar.update(counts.lines)
 
-        run_batches(read_lines(settings.urls, set(done)), writer, run_id, settings, progress)
+        run_batches(read_lines(settings.urls, done), writer, run_id, settings, progress)
     totals = ray.get(writer.finish_run.remote(run_id))
     return totals, time.perf_counter() - started
 

@@ -40,7 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import gridfs
@@ -54,7 +54,6 @@ from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.errors import Failure
-from itm.histogram import floor_minute
 from itm.imaging import GrayImage
 from itm.lineset import LineSet
 from itm.urls import MAX_URL_LENGTH
@@ -65,6 +64,7 @@ Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
 STORAGE_ERROR = "storage_error"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # What a counted event needs, when it is read back.
 EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
                 "finished_at": 1, "batch": 1}
@@ -126,10 +126,13 @@ def utcnow() -> datetime:
 class MongoWriter:
     """Serializes every write of a job; deployed as one Ray actor (see ``WriterActor``)."""
 
-    def __init__(self, mongo_uri: str, db_name: str, retry_seconds: float = 60.0) -> None:
+    def __init__(self, mongo_uri: str, db_name: str, retry_seconds: float = 60.0,
+                 minute_seconds: float = 60.0) -> None:
         self.client = store.connect(mongo_uri)
         self.db = self.client[db_name]
         self.retry_seconds = retry_seconds
+        # Tests shorten the "minute" to cross many of them in a few seconds of work.
+        self.minute = timedelta(seconds=minute_seconds)
         self.lines_metric = MetricCounter(
             "itm_lines_total",
             description="Input lines processed by itm, by outcome.",
@@ -151,6 +154,10 @@ class MongoWriter:
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
+
+    def _minute_of(self, moment: datetime) -> datetime:
+        """The UTC minute (or test bucket) that contains ``moment``."""
+        return moment - (moment - EPOCH) % self.minute
 
     # -- runs ---------------------------------------------------------------------------
 
@@ -195,8 +202,8 @@ class MongoWriter:
                 {"run_id": run_id}, {"_id": 0, "line": 1, "tally": 1, "finished_at": 1}
             ).sort("line", 1).batch_size(10_000)
             for event in events:
-                if floor_minute(event["finished_at"]) != minute:  # runs are mostly in order
-                    minute = floor_minute(event["finished_at"])
+                if self._minute_of(event["finished_at"]) != minute:  # runs are mostly in order
+                    minute = self._minute_of(event["finished_at"])
                     tallies = self._tallies_of(minute)
                 # Tallies of writers before this protocol were strings, counted by their own.
                 if isinstance(event.get("tally"), ObjectId) and event["tally"] not in tallies:
@@ -278,7 +285,7 @@ class MongoWriter:
             for event in {event["tally"]: event for event in found}.values():
                 if event["tally"] != tally:
                     self._settle(run_id, event)
-        self._add(tally, floor_minute(now), mine)
+        self._add(tally, self._minute_of(now), mine)
         return Counts.of_events(stored)
 
     def _insert_events(self, events: list[dict]) -> tuple[list[dict], set[int]]:
@@ -304,7 +311,7 @@ class MongoWriter:
     def _settle(self, run_id: str, event: dict) -> None:
         """Add the tally of ``event`` (inserted by another attempt) if no minute holds it yet
         and it is complete: every line of its batch has an event, so none can still come."""
-        minute = floor_minute(event["finished_at"])
+        minute = self._minute_of(event["finished_at"])
         if event["tally"] in self._tallies_of(minute):
             return
         in_batch = list(self.db[store.EVENTS].find(

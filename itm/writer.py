@@ -186,7 +186,8 @@ class MongoWriter:
                     f"{source} is not the file run {run_id} started on (size or content "
                     f"changed: {known} then, {fingerprint} now); resume with the original "
                     "file, or pass --force-resume to resume anyway")
-            runs.update_one({"_id": run_id}, {"$set": {"finished_at": None}})
+            reopened = {"finished_at": None} | ({"fingerprint": fingerprint} if fingerprint else {})
+            runs.update_one({"_id": run_id}, {"$set": reopened})
             return self._settle_run(run_id)
 
         return self._retrying(start)

@@ -99,7 +99,7 @@ def test_concurrent_jobs_on_one_database_keep_counters_exact(
 def test_a_resume_racing_the_live_writer_of_its_run(
     mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
 ) -> None:
-    lines = 2000
+    lines = 1500
     with PicsumServer(photos=6, latency=0.005) as server, ThreadPoolExecutor(1) as pool:
         urls = write_urls(tmp_path, mixed_lines(server.url, lines, 7))
         live = pool.submit(job, mongo_uri, db.name, "race", urls)

@@ -42,6 +42,10 @@ class Settings:
     resume: str | None = _opt(
         None, "run id to resume: lines that already have an outcome are skipped"
     )
+    force_resume: bool = _opt(
+        False, "resume even if the input file changed since the run started (its line "
+        "numbers may no longer name the same URLs)"
+    )
     data_dir: Path = _opt(Path(".itm"), "where the embedded MongoDB keeps its data and log")
     concurrency: int = _opt(
         64, "downloads in flight across the cluster (I/O-bound, not capped by CPUs)"

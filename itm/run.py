@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
+from itm.fingerprint import fingerprint
 from itm.lines import count_lines, read_lines
 from itm.pipeline import run_batches
 from itm.queries import image_page
@@ -54,7 +55,10 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     """Process the input file on the already-initialized Ray; return (totals, seconds)."""
     writer = WriterActor.remote(mongo_uri, settings.db, settings.mongo_retry_seconds)
     try:
-        done = ray.get(writer.start_run.remote(run_id, str(settings.urls), bool(settings.resume)))
+        # A LineSet: a few ranges, however many lines are done.
+        done = ray.get(writer.start_run.remote(
+            run_id, str(settings.urls), bool(settings.resume), fingerprint(settings.urls),
+            settings.force_resume))
     except ValueError as exc:
         raise JobError(str(exc)) from None
     print(f"itm: run {run_id} on {settings.urls}"

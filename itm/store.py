@@ -6,8 +6,10 @@ agree on one schema:
 - ``images``: one document per distinct image, unique on ``md5``; ``gray`` holds
   the grayscale PNG, or ``gray_id`` names a file of the GridFS bucket ``gray``
   when the PNG is too large for a document.
-- ``events``: one document per processed input line, unique on (``run_id``, ``line``).
-- ``monitoring``: one document per minute, unique on ``minute``.
+- ``events``: one document per processed input line, unique on (``run_id``, ``line``);
+  inserted once, never updated.
+- ``monitoring``: one document per minute, unique on ``minute``: ``success``,
+  ``error``, ``reasons`` (errors per reason); ``tallies`` is the writer's bookkeeping.
 - ``runs``: one document per run, ``_id`` is the run id.
 """
 
@@ -49,5 +51,4 @@ def ensure_indexes(db: Database) -> None:
     db[IMAGES].create_index([("md5", ASCENDING)], unique=True)
     db[IMAGES].create_index([("inserted_at", DESCENDING), ("md5", DESCENDING)])
     db[EVENTS].create_index([("run_id", ASCENDING), ("line", ASCENDING)], unique=True)
-    db[EVENTS].create_index([("run_id", ASCENDING), ("counted", ASCENDING)])
     db[MONITORING].create_index([("minute", ASCENDING)], unique=True)

@@ -1,48 +1,73 @@
 """The only writer of MongoDB: images, line events, per-minute counters and runs.
 
-Every method is idempotent, so Ray may replay a call after the actor died midway
-(``max_task_retries``) and the database ends the same as with one clean call:
+Exact with any number of writers on one database (jobs, resumes, Ray replaying a
+call after the writer died, a resume racing the writer of the run it resumes),
+without transactions:
 
-1. images are ``$setOnInsert`` upserts keyed by ``md5``: a duplicate never
-   overwrites a stored image nor its ``inserted_at``;
-2. events are ``$setOnInsert`` upserts keyed by (``run_id``, ``line``): a line's
-   first outcome, its ``finished_at`` and its ``tally`` (the id of the call that
-   inserted it) are kept forever;
-3. counters: events not yet ``counted`` are grouped by (``tally``, minute) and
-   each group is added to its minute with a guarded ``$inc`` that also pushes the
-   tally, so a replay finds the tally there and adds nothing; then the events are
-   marked ``counted`` and the tallies pulled.
+1. Images are ``$setOnInsert`` upserts keyed by ``md5``: a duplicate never
+   overwrites a stored image nor its ``inserted_at``; the write's ``upserted_ids``
+   say which images this call stored first.
+2. Events are inserted once and never updated; the unique (``run_id``, ``line``)
+   keeps a line's first outcome for good. Each event names the write attempt that
+   inserted it, its ``tally`` (an ObjectId), and that attempt's lines (``batch``,
+   as ranges). All events of a tally share one ``finished_at``, so one minute.
+3. A tally is added to its minute once, by one guarded upsert:
+   ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error`` and
+   ``reasons.<reason>``, ``$push`` of ``t``. Tallies stay in their minute for good
+   (never pulled), so adding a tally is idempotent whoever adds it and whenever. If
+   the upsert hits the unique ``minute`` (another writer created the minute just
+   now, or it holds the tally already), the update is retried without upsert: it
+   then adds the tally or finds it there.
+4. The attempt that inserted a tally's events adds it right after. Anyone else who
+   meets events whose tally is missing from its minute (a replay of the call after
+   the first attempt died, another writer of the same run, a resume) adds it only
+   when it is *complete*: every line of its ``batch`` has an event, so no event of
+   that tally can appear any more and every adder adds the same amounts.
+
+Not covered: a tally whose insert was cut short by a MongoDB crash (some lines of
+its batch never got an event) stays uncounted until a resume finds it complete;
+a minute document grows by ~20 bytes per writer call in that minute (16 MiB is
+~800,000 calls a minute).
+
+Storage errors other than MongoDB being unreachable (a document too large, a
+validation rule) never stop the job: the lines concerned end as ``storage_error``
+and the rest of the batch is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import TypeVar
+from datetime import datetime, timedelta, timezone
+from typing import Any, TypeVar
 
 import gridfs
 import ray
-from bson import Binary
-from pymongo import UpdateOne
+from bson import Binary, ObjectId
+from bson.errors import BSONError
+from pymongo import InsertOne, UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError
+from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
 from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.errors import Failure
-from itm.histogram import floor_minute
 from itm.imaging import GrayImage
+from itm.lineset import LineSet
+from itm.urls import MAX_URL_LENGTH
 
 T = TypeVar("T")
 # One input line as the writer gets it: ((line number, url), md5, grayscale or failure).
 Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
+STORAGE_ERROR = "storage_error"
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# What a counted event needs, when it is read back.
+EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
+                "finished_at": 1, "batch": 1}
 
 
 class MongoUnavailable(RuntimeError):
@@ -83,6 +108,15 @@ class Counts:
         return counts
 
 
+@dataclass
+class BulkOutcome:
+    """What an unordered bulk write did, by index of its operations."""
+
+    upserted: set[int] = field(default_factory=set)
+    duplicates: set[int] = field(default_factory=set)  # met an existing document
+    refused: dict[int, str] = field(default_factory=dict)  # the database's reason
+
+
 def utcnow() -> datetime:
     # MongoDB keeps milliseconds: truncate now, so that what is returned equals what is stored.
     now = datetime.now(timezone.utc)
@@ -92,10 +126,13 @@ def utcnow() -> datetime:
 class MongoWriter:
     """Serializes every write of a job; deployed as one Ray actor (see ``WriterActor``)."""
 
-    def __init__(self, mongo_uri: str, db_name: str, retry_seconds: float = 60.0) -> None:
+    def __init__(self, mongo_uri: str, db_name: str, retry_seconds: float = 60.0,
+                 minute_seconds: float = 60.0) -> None:
         self.client = store.connect(mongo_uri)
         self.db = self.client[db_name]
         self.retry_seconds = retry_seconds
+        # Tests shorten the "minute" to cross many of them in a few seconds of work.
+        self.minute = timedelta(seconds=minute_seconds)
         self.lines_metric = MetricCounter(
             "itm_lines_total",
             description="Input lines processed by itm, by outcome.",
@@ -118,34 +155,71 @@ class MongoWriter:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
+    def _minute_of(self, moment: datetime) -> datetime:
+        """The UTC minute (or test bucket) that contains ``moment``."""
+        return moment - (moment - EPOCH) % self.minute
+
     # -- runs ---------------------------------------------------------------------------
 
-    def start_run(self, run_id: str, source: str, resume: bool) -> list[int]:
+    def start_run(self, run_id: str, source: str, resume: bool,
+                  fingerprint: dict | None = None, force: bool = False) -> LineSet:
         """Open (or, with ``resume``, reopen) a run; return the lines that already have an outcome.
 
-        Resuming first counts any event a killed run stored but did not count yet.
+        A resume refuses an input whose ``fingerprint`` differs from the run's (unless
+        ``force``), and first counts the complete tallies of the run that no minute
+        holds yet (a writer that died between its events and its counters).
         """
 
-        def start() -> list[int]:
+        def start() -> LineSet:
             runs = self.db[store.RUNS]
-            if resume:
-                if runs.find_one({"_id": run_id}, {"_id": 1}) is None:
-                    raise ValueError(f"no run {run_id!r} to resume in database {self.db.name!r}")
-                runs.update_one({"_id": run_id}, {"$set": {"finished_at": None}})
-                self._count(list(self.db[store.EVENTS].find(
-                    {"run_id": run_id, "counted": False},
-                    {"status": 1, "reason": 1, "tally": 1, "finished_at": 1},
-                )))
-                done = self.db[store.EVENTS].find({"run_id": run_id}, {"line": 1, "_id": 0})
-                return sorted(event["line"] for event in done)
-            runs.update_one(
-                {"_id": run_id},
-                {"$setOnInsert": {"input": source, "started_at": utcnow(), "finished_at": None}},
-                upsert=True,
-            )
-            return []
+            if not resume:
+                runs.update_one({"_id": run_id}, {"$setOnInsert": {
+                    "input": source, "fingerprint": fingerprint, "started_at": utcnow(),
+                    "finished_at": None}}, upsert=True)
+                return LineSet()
+            run = runs.find_one({"_id": run_id}, {"fingerprint": 1})
+            if run is None:
+                raise ValueError(f"no run {run_id!r} to resume in database {self.db.name!r}")
+            known = run.get("fingerprint")
+            if known and fingerprint and known != fingerprint and not force:
+                raise ValueError(
+                    f"{source} is not the file run {run_id} started on (size or content "
+                    f"changed: {known} then, {fingerprint} now); resume with the original "
+                    "file, or pass --force-resume to resume anyway")
+            reopened = {"finished_at": None} | ({"fingerprint": fingerprint} if fingerprint else {})
+            runs.update_one({"_id": run_id}, {"$set": reopened})
+            return self._settle_run(run_id)
 
         return self._retrying(start)
+
+    def _settle_run(self, run_id: str) -> LineSet:
+        """The run's done lines, after adding its complete tallies that no minute holds."""
+        missing: dict[Any, int] = {}  # tally → one of its lines
+        minute, tallies = None, frozenset()
+
+        def numbers() -> Iterable[int]:
+            nonlocal minute, tallies
+            events = self.db[store.EVENTS].find(
+                {"run_id": run_id}, {"_id": 0, "line": 1, "tally": 1, "finished_at": 1}
+            ).sort("line", 1).batch_size(10_000)
+            for event in events:
+                if self._minute_of(event["finished_at"]) != minute:  # runs are mostly in order
+                    minute = self._minute_of(event["finished_at"])
+                    tallies = self._tallies_of(minute)
+                # Tallies of writers before this protocol were strings, counted by their own.
+                if isinstance(event.get("tally"), ObjectId) and event["tally"] not in tallies:
+                    missing.setdefault(event["tally"], event["line"])
+                yield event["line"]
+
+        done = LineSet.of(numbers())
+        for line in missing.values():
+            self._settle(run_id, self.db[store.EVENTS].find_one(
+                {"run_id": run_id, "line": line}, EVENT_FIELDS))
+        return done
+
+    def _tallies_of(self, minute: datetime) -> frozenset:
+        doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
+        return frozenset((doc or {}).get("tallies", ()))
 
     def finish_run(self, run_id: str) -> Counts:
         """Close a run with its totals, computed from its events (exact even after a resume)."""
@@ -180,72 +254,123 @@ class MongoWriter:
         """Store a batch: its new images, one event per line, and the counters.
 
         Returns the outcomes of these lines as stored (a replay returns the first ones).
+        Three round trips when nothing was there before: images, events, minute.
         """
         items = list(zip(lines, md5s, grays, strict=True))
         return self._retrying(lambda: self._write(run_id, items))
 
     def _write(self, run_id: str, items: list[Item]) -> Counts:
-        now = utcnow()
-        first_line = self._store_images(run_id, items, now)
-        tally = uuid.uuid4().hex
-        events = self.db[store.EVENTS]
-        ops = []
+        now, tally = utcnow(), ObjectId()
+        firsts, refused = self._store_images(run_id, items, now)
+        batch = LineSet.of(sorted(line for (line, _), _, _ in items)).ranges
+        events = []
         for (line, url), md5, gray in items:
-            event = {
-                "run_id": run_id, "line": line, "url": url, "md5": md5,
-                "finished_at": now, "counted": False, "tally": tally,
-            }
+            event = {"run_id": run_id, "line": line, "url": url[:MAX_URL_LENGTH], "md5": md5,
+                     "finished_at": now, "tally": tally, "batch": batch}
             if isinstance(gray, Failure):
-                event |= {"status": "error", "reason": gray.reason,
-                          "detail": gray.detail[:MAX_DETAIL], "duplicate": False}
+                event |= _error(gray.reason, gray.detail)
+            elif md5 in refused:
+                event |= _error(STORAGE_ERROR, f"image {md5} not stored: {refused[md5]}") | {
+                    "md5": None}
             else:
                 event |= {"status": "success", "reason": None, "detail": None,
-                          "duplicate": first_line[md5] != (run_id, line)}
-            ops.append(UpdateOne({"run_id": run_id, "line": line},
-                                 {"$setOnInsert": event}, upsert=True))
-        _bulk(events, ops)
-        numbers = {line for (line, _), _, _ in items}
-        # A range on the unique index, filtered here: far cheaper than $in plus more filters.
-        stored = [event for event in events.find(
-            {"run_id": run_id, "line": {"$gte": min(numbers), "$lte": max(numbers)}},
-            {"line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
-             "finished_at": 1, "counted": 1},
-        ) if event["line"] in numbers]
-        self._count([event for event in stored if not event["counted"]])
+                          "duplicate": firsts[md5] != (run_id, line)}
+            events.append(event)
+        mine, taken = self._insert_events(events)
+        stored = list(mine)
+        if taken:  # lines that had an event already: a replay, or another writer of the run
+            found = list(self.db[store.EVENTS].find(
+                {"run_id": run_id, "line": {"$in": sorted(taken)}}, EVENT_FIELDS))
+            stored += found
+            mine += [event for event in found if event["tally"] == tally]
+            for event in {event["tally"]: event for event in found}.values():
+                if event["tally"] != tally:
+                    self._settle(run_id, event)
+        self._add(tally, self._minute_of(now), mine)
         return Counts.of_events(stored)
+
+    def _insert_events(self, events: list[dict]) -> tuple[list[dict], set[int]]:
+        """Insert the events; return (those inserted, line numbers that had one already).
+
+        An event the database refuses becomes a bare ``storage_error`` event of its line.
+        """
+        collection = self.db[store.EVENTS]
+        outcome = _bulk(collection, [InsertOne(event) for event in events])
+        if outcome.refused:
+            bare = [events[at] | _error(STORAGE_ERROR, f"event not stored: {why}") | {"md5": None}
+                    for at, why in outcome.refused.items()]
+            retried = _bulk(collection, [InsertOne(event) for event in bare])
+            if retried.refused:  # the database refuses even a bare event: nothing can be recorded
+                raise RuntimeError(f"MongoDB refuses the events of run "
+                                   f"{events[0]['run_id']}: {retried.refused}")
+            events = [*events, *bare]
+            outcome.duplicates |= {len(events) - len(bare) + at for at in retried.duplicates}
+        skipped = outcome.duplicates | set(outcome.refused)
+        mine = [event for at, event in enumerate(events) if at not in skipped]
+        return mine, {events[at]["line"] for at in outcome.duplicates}
+
+    def _settle(self, run_id: str, event: dict) -> None:
+        """Add the tally of ``event`` (inserted by another attempt) if no minute holds it yet
+        and it is complete: every line of its batch has an event, so none can still come."""
+        minute = self._minute_of(event["finished_at"])
+        if event["tally"] in self._tallies_of(minute):
+            return
+        in_batch = list(self.db[store.EVENTS].find(
+            {"run_id": run_id, "$or": [{"line": {"$gte": first, "$lte": last}}
+                                       for first, last in event["batch"]]}, EVENT_FIELDS))
+        if len(in_batch) == len(LineSet(event["batch"])):
+            self._add(event["tally"], minute,
+                      [other for other in in_batch if other["tally"] == event["tally"]])
+
+    def _add(self, tally: ObjectId, minute: datetime, events: list[dict]) -> None:
+        """Add a tally's events to their minute, unless the minute holds the tally already."""
+        if not events:
+            return
+        counts = Counts.of_events(events)
+        inc = {"success": counts.success, "error": counts.error}
+        inc |= {f"reasons.{_key(reason)}": n for reason, n in counts.reasons.items()}
+        update = {"$inc": inc, "$push": {"tallies": tally}}
+        guarded = {"minute": minute, "tallies": {"$ne": tally}}
+        monitoring = self.db[store.MONITORING]
+        try:
+            result = monitoring.update_one(guarded, update, upsert=True)
+        except DuplicateKeyError:  # the minute exists now: retry, which adds or finds the tally
+            result = monitoring.update_one(guarded, update)
+        if result.upserted_id is None and result.modified_count == 0:
+            return  # the minute held the tally: counted before
+        for (status, reason), n in Counter(
+                (event["status"], event["reason"] or "none") for event in events).items():
+            self.lines_metric.inc(n, tags={"status": status, "reason": reason})
 
     def _store_images(
         self, run_id: str, items: list[Item], now: datetime
-    ) -> dict[str, tuple[str, int]]:
-        """Upsert the batch's new images; return, per md5, the (run, line) that first stored it.
+    ) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+        """Upsert the batch's images; return, per md5, the (run, line) that first stored it,
+        and the md5s the database refused, with why.
 
-        Images already stored are looked up first, so their PNGs are not sent again.
+        One write; the stored images are read back only when some were there before.
         """
         images = self.db[store.IMAGES]
         batch: dict[str, tuple[int, str, GrayImage]] = {}
         for (line, url), md5, gray in items:
             if isinstance(gray, GrayImage):
                 batch.setdefault(md5, (line, url, gray))
-        first = self._first_lines(list(batch))
-        fresh = {md5: found for md5, found in batch.items() if md5 not in first}
-        if fresh:
-            _bulk(images, [
-                UpdateOne({"md5": md5}, {"$setOnInsert": {
-                    "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
-                    **self._png_field(md5, gray.png), "source_url": url, "inserted_at": now,
-                    "run_id": run_id, "line": line,
-                }}, upsert=True)
-                for md5, (line, url, gray) in fresh.items()
-            ])
-            first |= self._first_lines(list(fresh))  # another job may have won a race
-        return first
-
-    def _first_lines(self, md5s: list[str]) -> dict[str, tuple[str, int]]:
-        if not md5s:
-            return {}
-        found = self.db[store.IMAGES].find({"md5": {"$in": md5s}},
-                                           {"md5": 1, "run_id": 1, "line": 1})
-        return {doc["md5"]: (doc["run_id"], doc["line"]) for doc in found}
+        md5s = list(batch)
+        outcome = _bulk(images, [
+            UpdateOne({"md5": md5}, {"$setOnInsert": {
+                "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
+                **self._png_field(md5, gray.png), "source_url": url[:MAX_URL_LENGTH],
+                "inserted_at": now, "run_id": run_id, "line": line,
+            }}, upsert=True)
+            for md5, (line, url, gray) in batch.items()
+        ])
+        firsts = {md5s[at]: (run_id, batch[md5s[at]][0]) for at in outcome.upserted}
+        refused = {md5s[at]: why for at, why in outcome.refused.items()}
+        older = [md5 for md5 in md5s if md5 not in firsts and md5 not in refused]
+        if older:  # stored before: by another line, or by an earlier attempt of this call
+            found = images.find({"md5": {"$in": older}}, {"md5": 1, "run_id": 1, "line": 1})
+            firsts |= {doc["md5"]: (doc["run_id"], doc["line"]) for doc in found}
+        return firsts, refused
 
     def _png_field(self, md5: str, png: bytes) -> dict[str, object]:
         """The PNG in the document, or in GridFS when it would not fit in one."""
@@ -263,43 +388,48 @@ class MongoWriter:
                                               metadata={"contentType": "image/png"})
         return md5
 
-    def _count(self, pending: list[dict]) -> None:
-        """Add uncounted events (with their tally and finished_at) to their minutes, once."""
-        if not pending:
-            return
-        groups: dict[tuple[str, datetime], Counter[str]] = {}
-        for event in pending:
-            minute = floor_minute(event["finished_at"])
-            groups.setdefault((event["tally"], minute), Counter())[event["status"]] += 1
-        monitoring = self.db[store.MONITORING]
-        for (tally, minute), by_status in groups.items():
-            # A duplicate key means this minute holds the tally already: a replay.
-            with contextlib.suppress(DuplicateKeyError):
-                monitoring.update_one(
-                    {"minute": minute, "tallies": {"$ne": tally}},
-                    {"$inc": {"success": by_status["success"], "error": by_status["error"]},
-                     "$push": {"tallies": tally}},
-                    upsert=True,
-                )
-        self.db[store.EVENTS].update_many({"_id": {"$in": [event["_id"] for event in pending]}},
-                           {"$set": {"counted": True}})
-        tallies = sorted({tally for tally, _ in groups})
-        monitoring.update_many({"tallies": {"$in": tallies}},
-                               {"$pull": {"tallies": {"$in": tallies}}})
-        for event in pending:
-            self.lines_metric.inc(tags={"status": event["status"],
-                                        "reason": event["reason"] or "none"})
+
+def _error(reason: str, detail: str) -> dict[str, object]:
+    return {"status": "error", "reason": reason, "detail": detail[:MAX_DETAIL],
+            "duplicate": False}
 
 
-def _bulk(collection: Collection, ops: list[UpdateOne]) -> None:
-    """Unordered bulk upserts; a duplicate key only means another upsert won the race."""
+def _key(reason: str) -> str:
+    """A reason as a field name: no dots or leading ``$`` (reasons are plain words anyway)."""
+    return reason.replace(".", "_").lstrip("$") or "unknown"
+
+
+def _bulk(collection: Collection, ops: list[InsertOne | UpdateOne]) -> BulkOutcome:
+    """An unordered bulk write that reports, instead of raising, what the database refused.
+
+    Only MongoDB being unreachable raises. When the whole write is refused (a document
+    too large to send), its operations are retried one by one to find the culprits.
+    """
     if not ops:
-        return
+        return BulkOutcome()
     try:
-        collection.bulk_write(ops, ordered=False)
+        return BulkOutcome(upserted=set(collection.bulk_write(ops, ordered=False).upserted_ids))
     except BulkWriteError as exc:
-        if any(error["code"] != DUPLICATE_KEY for error in exc.details["writeErrors"]):
-            raise
+        outcome = BulkOutcome(upserted={doc["index"] for doc in exc.details.get("upserted", [])})
+        for error in exc.details["writeErrors"]:
+            if error["code"] == DUPLICATE_KEY:
+                outcome.duplicates.add(error["index"])
+            else:
+                outcome.refused[error["index"]] = error["errmsg"]
+        return outcome
+    except ConnectionFailure:
+        raise
+    except (PyMongoError, BSONError) as exc:
+        if len(ops) == 1:
+            return BulkOutcome(refused={0: f"{type(exc).__name__}: {exc}"})
+        outcome = BulkOutcome()
+        for at, op in enumerate(ops):
+            one = _bulk(collection, [op])
+            outcome.upserted |= {at} if one.upserted else set()
+            outcome.duplicates |= {at} if one.duplicates else set()
+            if one.refused:
+                outcome.refused[at] = one.refused[0]
+        return outcome
 
 
 # One writer for the whole job: no CPU reserved (it waits on MongoDB); restarted

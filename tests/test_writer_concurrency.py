@@ -1,0 +1,190 @@
+"""Several writers on one database: counters equal events whatever the interleaving.
+
+Jobs run at once through a real Ray against a local picsum; a resume races the live
+writer of its run; writers race to create new minutes; a tally is counted only once
+complete. Storage errors end as outcomes. The "minute" is shortened through the
+writer's ``minute_seconds``, so that a few seconds of work cross many of them.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import ray
+from pymongo.database import Database
+
+from itm import store
+from itm.config import Settings
+from itm.errors import Failure
+from itm.imaging import GrayImage
+from itm.pipeline import run_batches
+from itm.run import read_lines
+from itm.urls import MAX_URL_LENGTH
+from itm.writer import Counts, MongoWriter, WriterActor
+from tests.conftest import run_itm, write_urls
+from tests.servers import PicsumServer
+
+MINUTE = 1.0  # seconds
+SETTINGS = Settings(batch_size=32, concurrency=64)
+
+
+def assert_consistent(db: Database, runs: dict[str, int]) -> None:
+    """Every line once per run; counters (all minutes) equal the events of all runs, by
+    status and by reason; each image once, with exactly one first line."""
+    events = list(db.events.find({}, {"run_id": 1, "line": 1, "status": 1, "reason": 1,
+                                      "md5": 1, "duplicate": 1}))
+    for run_id, lines in runs.items():
+        numbers = sorted(event["line"] for event in events if event["run_id"] == run_id)
+        assert numbers == list(range(1, lines + 1))
+    minutes = list(db.monitoring.find())
+    statuses = Counter(event["status"] for event in events)
+    assert sum(m["success"] for m in minutes) == statuses["success"]
+    assert sum(m["error"] for m in minutes) == statuses["error"]
+    by_reason = sum((Counter(m.get("reasons", {})) for m in minutes), Counter())
+    assert by_reason == Counter(e["reason"] for e in events if e["status"] == "error")
+    successes = [event for event in events if event["status"] == "success"]
+    images = list(db.images.find({}, {"md5": 1, "run_id": 1, "line": 1}))
+    assert len(images) == len({event["md5"] for event in successes})
+    firsts = {(event["run_id"], event["line"]) for event in successes if not event["duplicate"]}
+    assert firsts == {(image["run_id"], image["line"]) for image in images}
+
+
+def mixed_lines(base: str, count: int, seed: int) -> list[str]:
+    """Small picsum images (a few photos and sizes: jobs race on the same md5s) and errors,
+    most of them cheap (no download at all for the invalid URLs)."""
+    rng = random.Random(seed)
+    kinds = [f"{base}/{{w}}/{{h}}"] * 3 + [f"{base}/error/100", f"{base}/6000/10"] + [
+        "not a url"] * 4
+    return [rng.choice(kinds).format(w=rng.choice((8, 12, 16)), h=rng.choice((8, 12)))
+            for _ in range(count)]
+
+
+def job(mongo_uri: str, db: str, run_id: str, urls: Path, resume: bool = False) -> Counts:
+    """What ``run_job`` does, with a short minute."""
+    writer = WriterActor.remote(mongo_uri, db, 60.0, MINUTE)
+    done = ray.get(writer.start_run.remote(run_id, str(urls), resume))
+    counts = run_batches(read_lines(urls, done), writer, run_id, SETTINGS)
+    ray.get(writer.finish_run.remote(run_id))
+    return counts
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_concurrent_jobs_on_one_database_keep_counters_exact(
+    jobs: int, mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
+) -> None:
+    lines = 2000
+    with PicsumServer(photos=6) as server, ThreadPoolExecutor(jobs) as pool:
+        inputs = []
+        for n in range(jobs):
+            (tmp_path / str(n)).mkdir()
+            inputs.append(write_urls(tmp_path / str(n), mixed_lines(server.url, lines, n)))
+        futures = [pool.submit(job, mongo_uri, db.name, f"job{n}", urls)
+                   for n, urls in enumerate(inputs)]
+        assert all(future.result().lines == lines for future in futures)
+    assert_consistent(db, {f"job{n}": lines for n in range(jobs)})
+    assert db.monitoring.count_documents({}) >= 2
+    # The jobs did overlap: some minutes hold lines of every job.
+    writer = MongoWriter(mongo_uri, db.name, minute_seconds=MINUTE)
+    minutes_of = [{writer._minute_of(event["finished_at"])
+                   for event in db.events.find({"run_id": f"job{n}"})} for n in range(jobs)]
+    assert set.intersection(*minutes_of)
+
+
+def test_a_resume_racing_the_live_writer_of_its_run(
+    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
+) -> None:
+    lines = 1500
+    with PicsumServer(photos=6, latency=0.005) as server, ThreadPoolExecutor(1) as pool:
+        urls = write_urls(tmp_path, mixed_lines(server.url, lines, 7))
+        live = pool.submit(job, mongo_uri, db.name, "race", urls)
+        while db.events.count_documents({"run_id": "race"}) < 300:
+            assert not live.done()
+            time.sleep(0.05)
+        resumed = job(mongo_uri, db.name, "race", urls, resume=True)
+        assert live.result().lines == lines
+    assert 0 < resumed.lines < lines
+    assert_consistent(db, {"race": lines})
+
+
+def sample(numbers: range) -> tuple[list[tuple[int, str]], list[None], list[Failure]]:
+    lines = [(n, f"http://example.test/{n}") for n in numbers]
+    return lines, [None] * len(lines), [Failure(f"http_{400 + n % 3}", "no") for n in numbers]
+
+
+def test_writers_racing_to_create_a_new_minute_lose_nothing(
+    mongo_uri: str, db: Database,
+) -> None:
+    writers = [MongoWriter(mongo_uri, db.name, minute_seconds=0.2) for _ in range(4)]
+    rounds = 40
+    start = threading.Barrier(len(writers))
+
+    def write_rounds(at: int) -> None:
+        for round_ in range(rounds):
+            start.wait()  # every writer meets the same fresh minute at once
+            writers[at].write(f"w{at}", *sample(range(round_ * 3 + 1, round_ * 3 + 4)))
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        list(pool.map(write_rounds, range(len(writers))))
+    assert_consistent(db, {f"w{at}": rounds * 3 for at in range(len(writers))})
+
+
+def test_a_tally_is_counted_only_once_complete(mongo_uri: str, db: Database) -> None:
+    first = MongoWriter(mongo_uri, db.name)
+    first.start_run("r1", "urls.txt", resume=False)
+    first._add = lambda tally, minute, events: None  # it dies before counting...
+    first.write("r1", *sample(range(1, 5)))
+    # ...and, seen from another writer, lines 3 and 4 of its insert have not landed yet.
+    late = list(db.events.find({"line": {"$gte": 3}}))
+    db.events.delete_many({"line": {"$gte": 3}})
+    other = MongoWriter(mongo_uri, db.name)
+    assert other.write("r1", *sample(range(1, 3))).lines == 2  # meets lines 1-2 of the tally
+    assert db.monitoring.count_documents({}) == 0  # incomplete: left to its writer
+    db.events.insert_many(late)  # the insert ends; its writer is gone: a resume counts it
+    assert len(other.start_run("r1", "urls.txt", resume=True)) == 4
+    assert_consistent(db, {"r1": 4})
+    assert len(other.start_run("r1", "urls.txt", resume=True)) == 4  # and only once
+    assert_consistent(db, {"r1": 4})
+
+
+def test_a_document_too_large_is_a_storage_error_of_its_lines_only(
+    mongo_uri: str, db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(store, "MAX_INLINE_PNG", 64 * 1024 * 1024)  # no GridFS way out
+    writer = MongoWriter(mongo_uri, db.name)
+    writer.start_run("r1", "urls.txt", resume=False)
+    huge = GrayImage(b"\x89PNG" + bytes(17 * 1024 * 1024), 4000, 4000, "L")
+    small = GrayImage(b"\x89PNG small", 1, 1, "L")
+    long_url = "http://example.test/" + "a" * (17 * 1024 * 1024)
+    lines = [(1, "http://example.test/huge"), (2, long_url), (3, long_url)]
+    counts = writer.write("r1", lines, ["a" * 32, "b" * 32, None],
+                          [huge, small, Failure("invalid_url", "URL longer than 2048 characters")])
+    assert (counts.success, counts.error) == (1, 2)
+    assert counts.reasons == {"storage_error": 1, "invalid_url": 1}
+    events = {event["line"]: event for event in db.events.find()}
+    assert events[1]["reason"] == "storage_error" and "not stored" in events[1]["detail"]
+    assert events[2]["status"] == "success"
+    assert len(events[2]["url"]) == len(events[3]["url"]) == MAX_URL_LENGTH
+    (image,) = db.images.find()
+    assert image["md5"] == "b" * 32 and len(image["source_url"]) == MAX_URL_LENGTH
+    assert len(writer.start_run("r1", "urls.txt", resume=True)) == 3  # a resume skips them
+    assert_consistent(db, {"r1": 3})
+
+
+def test_resume_refuses_a_changed_input_unless_forced(
+    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    urls = write_urls(tmp_path, [f"not a url {n}" for n in range(50)])
+    assert run_itm(mongo_uri, db.name, urls) == 0
+    (run,) = db.runs.find()
+    urls.write_text("not a url\n" * 60)
+    assert run_itm(mongo_uri, db.name, urls, "--resume", run["_id"]) == 1
+    assert "--force-resume" in capsys.readouterr().err
+    assert run_itm(mongo_uri, db.name, urls, "--resume", run["_id"], "--force-resume") == 0
+    assert db.events.count_documents({}) == 60

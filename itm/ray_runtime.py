@@ -35,7 +35,10 @@ def init_ray(
     # Ray read this variable when it was imported, before we could set it; its
     # children read it at their start and bind to loopback, so the driver must too.
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    # address="local": always a new Ray of our own, never one that a `ray start` or a
+    # test cluster left recorded in /tmp/ray (that is what --ray-address auto is for).
     return _dashboard(ray.init(
+        address="local",
         num_cpus=num_cpus,
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",

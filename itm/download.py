@@ -368,7 +368,7 @@ def _addresses(target: Target, exchange: _Exchange, settings: Settings) -> list[
     if allowed:
         return [address for address, _ in allowed]
     address, why = refused[0]
-    named = address if address == target.host else f"{target.host} resolves to {address},"
+    named = f"{address} is" if address == target.host else f"{target.host} resolves to {address},"
     raise Failure("blocked_address", f"{named} {why}")
 
 

@@ -101,16 +101,17 @@ def address_refusal(address: IPAddress, settings: Settings) -> str | None:
     kind = address_kind(address)
     if kind is None:
         return None
+    an = "an" if kind[0] in "aeiou" else "a"
     if kind in ("loopback", "private", "carrier-grade NAT"):
         if settings.allow_private_addresses:
             return None
-        return f"a {kind} address; allow with {PRIVATE_FLAG}"
+        return f"{an} {kind} address; allow with {PRIVATE_FLAG}"
     if kind == "link-local":
         if settings.allow_link_local_addresses:
             return None
         return (f"a link-local address (where cloud metadata services hand out credentials); "
                 f"allow with {LINK_LOCAL_FLAG}")
-    return f"a {kind} address, never fetched"
+    return f"{an} {kind} address, never fetched"
 
 
 def address_kind(address: IPAddress) -> str | None:

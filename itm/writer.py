@@ -312,6 +312,8 @@ class MongoWriter:
     def _settle(self, run_id: str, event: dict) -> None:
         """Add the tally of ``event`` (inserted by another attempt) if no minute holds it yet
         and it is complete: every line of its batch has an event, so none can still come."""
+        if not isinstance(event.get("tally"), ObjectId):
+            return  # a writer before this protocol (string tallies) counted its events itself
         minute = self._minute_of(event["finished_at"])
         if event["tally"] in self._tallies_of(minute):
             return

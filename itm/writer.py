@@ -199,10 +199,7 @@ class MongoWriter:
 
         def numbers() -> Iterable[int]:
             nonlocal minute, tallies
-            events = self.db[store.EVENTS].find(
-                {"run_id": run_id}, {"_id": 0, "line": 1, "tally": 1, "finished_at": 1}
-            ).sort("line", 1).batch_size(10_000)
-            for event in events:
+            for event in self._events_by_line(run_id):
                 if self._minute_of(event["finished_at"]) != minute:  # runs are mostly in order
                     minute = self._minute_of(event["finished_at"])
                     tallies = self._tallies_of(minute)
@@ -216,6 +213,19 @@ class MongoWriter:
             self._settle(run_id, self.db[store.EVENTS].find_one(
                 {"run_id": run_id, "line": line}, EVENT_FIELDS))
         return done
+
+    def _events_by_line(self, run_id: str, page: int = 50_000) -> Iterable[dict]:
+        """The run's events in line order, a page per query: no cursor lives for minutes."""
+        after = 0
+        while True:
+            events = list(self.db[store.EVENTS].find(
+                {"run_id": run_id, "line": {"$gt": after}},
+                {"_id": 0, "line": 1, "tally": 1, "finished_at": 1},
+            ).sort("line", 1).limit(page))
+            yield from events
+            if len(events) < page:
+                return
+            after = events[-1]["line"]
 
     def _tallies_of(self, minute: datetime) -> frozenset:
         doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
@@ -312,6 +322,8 @@ class MongoWriter:
     def _settle(self, run_id: str, event: dict) -> None:
         """Add the tally of ``event`` (inserted by another attempt) if no minute holds it yet
         and it is complete: every line of its batch has an event, so none can still come."""
+        if not isinstance(event.get("tally"), ObjectId):
+            return  # a writer before this protocol (string tallies) counted its events itself
         minute = self._minute_of(event["finished_at"])
         if event["tally"] in self._tallies_of(minute):
             return

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import ray
+from pymongo import InsertOne
 from pymongo.database import Database
 
 from itm import store
@@ -26,7 +27,7 @@ from itm.imaging import GrayImage
 from itm.pipeline import run_batches
 from itm.run import read_lines
 from itm.urls import MAX_URL_LENGTH
-from itm.writer import Counts, MongoWriter, WriterActor
+from itm.writer import Counts, MongoWriter, WriterActor, _bulk
 from tests.conftest import run_itm, write_urls
 from tests.servers import PicsumServer
 
@@ -188,3 +189,17 @@ def test_resume_refuses_a_changed_input_unless_forced(
     assert "--force-resume" in capsys.readouterr().err
     assert run_itm(mongo_uri, db.name, urls, "--resume", run["_id"], "--force-resume") == 0
     assert db.events.count_documents({}) == 60
+
+
+def test_what_the_database_refuses_is_reported_per_operation(db: Database) -> None:
+    # The server refuses the 17 MiB document; pymongo itself will not send the 49 MiB one
+    # (over the largest message), which fails the whole bulk: retried one by one.
+    ops = [InsertOne({"n": 1}), InsertOne({"n": 2, "blob": bytes(17 * 1024 * 1024)}),
+           InsertOne({"n": 3})]
+    outcome = _bulk(db.scratch, ops)
+    assert list(outcome.refused) == [1] and "too large" in outcome.refused[1]
+    ops = [InsertOne({"n": 4}), InsertOne({"n": 5, "blob": bytes(49 * 1024 * 1024)}),
+           InsertOne({"n": 6})]
+    outcome = _bulk(db.scratch, ops)
+    assert list(outcome.refused) == [1] and "DocumentTooLarge" in outcome.refused[1]
+    assert sorted(doc["n"] for doc in db.scratch.find()) == [1, 3, 4, 6]

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import quickjs
 from bson import json_util
@@ -60,7 +61,8 @@ def main() -> int:
     args = parser.parse_args()
     files = [t for t in args.target if t.endswith(".js")]
     names = [t for t in args.target if not t.endswith(".js")]
-    source = args.eval if args.eval is not None else "\n".join(open(f).read() for f in files)
+    source = args.eval if args.eval is not None else "\n".join(
+        Path(f).read_text() for f in files)
 
     credentials = {}
     if args.username:

@@ -91,6 +91,8 @@ trap 'exit 130' INT TERM
 # ------------------------------------------------------------------ images
 
 image_present() { ctr image inspect "$1" >/dev/null 2>&1; }
+# Builds use the host's network: pip reaches the index as the host does, whatever
+# NAT the container network has (or lacks) on this machine.
 
 if [ "$standins" = 1 ] && ! image_present docker.io/library/python:3.11-slim-bookworm; then
     say "stand-in base image python:3.11-slim-bookworm (mmdebstrap)"
@@ -100,20 +102,21 @@ if [ "$standins" = 1 ] && ! image_present docker.io/library/python:3.11-slim-boo
         --include=python3,python3-venv,python-is-python3,ca-certificates \
         --customize-hook='cp -r /usr/local/share/ca-certificates/. "$1/usr/local/share/ca-certificates/"' \
         --customize-hook='chroot "$1" update-ca-certificates >/dev/null 2>&1' \
-        bookworm "$work/rootfs.tar"
+        bookworm "$work/rootfs.tar" http://deb.debian.org/debian </dev/null
     ctr import --quiet --change 'CMD ["python3"]' --change 'ENV LANG=C.UTF-8' \
         "$work/rootfs.tar" docker.io/library/python:3.11-slim-bookworm >/dev/null
     rm -f "$work/rootfs.tar"
 fi
 if [ "$standins" = 1 ] && ! image_present docker.io/library/mongo:7; then
     say "stand-in image mongo:7 (ci/mongo-standin: SecantusDB)"
-    ctr build --quiet --pull=never -t docker.io/library/mongo:7 ci/mongo-standin >/dev/null
+    ctr build --quiet --pull=never --network host -t docker.io/library/mongo:7 ci/mongo-standin \
+        >/dev/null
 fi
 
 say "building the Dockerfile (itm:local)"
 build_started=$SECONDS
 pull=$([ "$standins" = 1 ] && echo --pull=never || echo --pull)
-ctr build --quiet "$pull" -t itm:local . >/dev/null
+ctr build --quiet "$pull" --network host -t itm:local . >/dev/null
 echo "built in $((SECONDS - build_started)) s; $(ctr image inspect itm:local --format '{{.Size}}' \
     | awk '{printf "%.0f MB", $1 / 1e6}')"
 
@@ -215,6 +218,14 @@ for _ in range(60):
     time.sleep(2)
 print(f"Ray cluster: {len(nodes)} nodes")
 assert len(nodes) >= 2
+'
+# The job's user (the head's ITM_MONGO_URI) authenticates: itm's own 5 s check
+# must not meet a server still busy with a loaded machine's start.
+ctr exec "$head" python -c '
+import os, time
+from pymongo import MongoClient
+client = MongoClient(os.environ["ITM_MONGO_URI"], serverSelectionTimeoutMS=60_000)
+print("MongoDB as itm-job:", client.itm.command("ping"))
 '
 
 "${compose[@]}" up -d --no-deps job >/dev/null 2>&1

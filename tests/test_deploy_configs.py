@@ -15,6 +15,7 @@ No Docker engine, cloud account or SSH host is needed; the tools must be install
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shlex
@@ -35,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 CLUSTER_FILES = ("cluster.yaml", "cluster.local.yaml")
-SERVICES = {"mongo", "ray-head", "ray-worker", "job", "mongo-express"}
+SERVICES = {"mongo", "ray-head", "ray-worker", "job", "api", "mongo-express"}
+PASSWORDS = ("MONGO_INITDB_ROOT_PASSWORD", "ITM_JOB_MONGO_PASSWORD", "ITM_API_MONGO_PASSWORD")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,7 +185,7 @@ def test_env_example_documents_every_variable_the_compose_file_uses(raw: dict[st
     used = set(re.findall(r"\$\{([A-Z_][A-Z0-9_]*)", COMPOSE_FILE.read_text()))
     documented = set(re.findall(r"^#?\s*([A-Z_][A-Z0-9_]*)=", ENV_EXAMPLE.read_text(), re.M))
     assert used <= documented, used - documented
-    assert {"MONGO_INITDB_ROOT_USERNAME", "MONGO_INITDB_ROOT_PASSWORD"} <= set(dotenv(ENV_EXAMPLE))
+    assert set(PASSWORDS) | {"MONGO_INITDB_ROOT_USERNAME"} <= set(dotenv(ENV_EXAMPLE))
 
 
 def test_mongo_is_the_official_image_on_a_volume_with_a_healthcheck(
@@ -192,10 +194,12 @@ def test_mongo_is_the_official_image_on_a_volume_with_a_healthcheck(
     mongo = resolved["services"]["mongo"]
     assert re.fullmatch(r"mongo:\d+", mongo["image"]), "official image, major version pinned"
     assert "ports" not in mongo, "MongoDB is not published to the host"
-    (volume,) = mongo["volumes"]
-    source = volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
-    target = volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
-    assert target == "/data/db" and source in resolved["volumes"], "a named volume"
+    mounts = {
+        v["target"]: v for v in mongo["volumes"]
+    } if isinstance(mongo["volumes"][0], dict) else {
+        v.split(":")[1]: {"source": v.split(":")[0]} for v in mongo["volumes"]
+    }
+    assert mounts["/data/db"]["source"] in resolved["volumes"], "a named volume"
     test = " ".join(mongo["healthcheck"]["test"])
     assert "mongosh" in test and "ping" in test
     # The credentials come from the environment (.env), not from the file.
@@ -205,40 +209,73 @@ def test_mongo_is_the_official_image_on_a_volume_with_a_healthcheck(
         assert mongo["environment"][key] == dotenv(ENV_EXAMPLE)[key]
 
 
-def test_ray_nodes_and_mongo_express_reach_mongo_with_the_credentials(
+def test_compose_refuses_to_run_without_any_of_the_passwords(tmp_path: Path) -> None:
+    for missing in PASSWORDS:
+        env = tmp_path / f"without-{missing}.env"
+        env.write_text("".join(f"{k}={v}\n" for k, v in dotenv(ENV_EXAMPLE).items()
+                               if k != missing))
+        result = compose("config", "--quiet", env_file=env)
+        assert result.returncode != 0 and missing in result.stderr, (missing, result.stderr)
+
+
+def test_each_part_reaches_mongo_with_its_own_least_privileged_user(
     resolved: dict[str, Any],
 ) -> None:
+    """Root stays in mongo (and the debug-only mongo-express); the Ray nodes get the
+    readWrite user, the API the read-only one; the init script creates exactly those."""
     creds = dotenv(ENV_EXAMPLE)
     services = resolved["services"]
-    uris = {
-        "ray-head": services["ray-head"]["environment"]["ITM_MONGO_URI"],
-        "ray-worker": services["ray-worker"]["environment"]["ITM_MONGO_URI"],
-        "mongo-express": services["mongo-express"]["environment"]["ME_CONFIG_MONGODB_URL"],
-    }
-    assert len(set(uris.values())) == 1, uris
-    parsed = parse_uri(uris["ray-head"])
-    assert parsed["nodelist"] == [("mongo", 27017)]
-    assert parsed["username"] == creds["MONGO_INITDB_ROOT_USERNAME"]
-    assert parsed["password"] == creds["MONGO_INITDB_ROOT_PASSWORD"]
-    assert parsed["options"]["authSource"] == "admin"
-    for name in ("ray-head", "ray-worker"):
+    users = {}
+    for name in ("ray-head", "ray-worker", "api"):
         env = services[name]["environment"]
+        parsed = parse_uri(env["ITM_MONGO_URI"])
+        assert parsed["nodelist"] == [("mongo", 27017)]
+        assert parsed["options"]["authSource"] == "admin"
+        assert env["ITM_DB"] == services["mongo"]["environment"]["ITM_DB"] == "itm"
         assert env["RAY_AUTH_MODE"] == "disabled", "the CLIs and the Jobs API need it (Ray 2.60)"
-        assert env["ITM_HOST"] == "0.0.0.0"
+        users[name] = (parsed["username"], parsed["password"])
+    assert users["ray-head"] == users["ray-worker"] == ("itm-job", creds["ITM_JOB_MONGO_PASSWORD"])
+    assert users["api"] == ("itm-api", creds["ITM_API_MONGO_PASSWORD"])
+    root = parse_uri(services["mongo-express"]["environment"]["ME_CONFIG_MONGODB_URL"])
+    assert (root["username"], root["password"]) == (
+        creds["MONGO_INITDB_ROOT_USERNAME"], creds["MONGO_INITDB_ROOT_PASSWORD"])
+    for name, service in services.items():
+        if name not in {"mongo", "mongo-express"}:
+            assert creds["MONGO_INITDB_ROOT_PASSWORD"] not in str(service), name
+        if name not in {"mongo", "api"}:
+            assert creds["ITM_API_MONGO_PASSWORD"] not in str(service), name
+    # The init script: mounted where the official image runs it on a new volume,
+    # executable (so run, not sourced), and granting exactly these roles.
+    mongo = services["mongo"]
+    mounts = [v if isinstance(v, dict) else {"source": v.split(":")[0],
+                                             "target": v.split(":")[1], "read_only": True}
+              for v in mongo["volumes"]]
+    (init,) = [m for m in mounts if m["target"] == "/docker-entrypoint-initdb.d"]
+    assert Path(init["source"]).resolve() == ROOT / "mongo-init" and init.get("read_only")
+    for key in ("ITM_JOB_MONGO_PASSWORD", "ITM_API_MONGO_PASSWORD"):
+        assert mongo["environment"][key] == creds[key]
+    scripts = sorted((ROOT / "mongo-init").iterdir())
+    assert [s.name for s in scripts] == ["itm-users.sh"]
+    assert os.access(scripts[0], os.X_OK)
+    assert subprocess.run(["bash", "-n", str(scripts[0])], check=False).returncode == 0
+    text = scripts[0].read_text()
+    granted = re.findall(
+        r'createUser\(\{user: "([^"]+)", pwd: process\.env\.(\w+),\s*roles: \[\{role: "(\w+)", '
+        r"db: itm\}\]\}\)", text)
+    assert sorted(granted) == [("itm-api", "ITM_API_MONGO_PASSWORD", "read"),
+                               ("itm-job", "ITM_JOB_MONGO_PASSWORD", "readWrite")], granted
+    assert "const itm = process.env.ITM_DB;" in text
 
 
-def test_ray_head_runs_the_dashboard_and_publishes_it_and_the_api(
+def test_ray_head_runs_the_dashboard_and_publishes_it_on_loopback(
     resolved: dict[str, Any],
 ) -> None:
     head = resolved["services"]["ray-head"]
     argv = command_argv(head)
     params = parse_ray(argv)
     assert argv[:2] == ["ray", "start"] and params["head"] and params["block"]
-    assert params["dashboard_host"] == "0.0.0.0"
-    ports = published(head)
-    assert ports[params["dashboard_port"] or 8265][1] == 8265
-    assert ports[5000][1] == 5000
-    assert all(ip == "127.0.0.1" for ip, _ in ports.values()), "host loopback only"
+    assert params["dashboard_host"] == "0.0.0.0", "reached by the job service and the host"
+    assert published(head) == {params["dashboard_port"]: ("127.0.0.1", 8265)}
     # The healthcheck asks the dashboard, on the port it was started on, for the GCS.
     check = " ".join(head["healthcheck"]["test"])
     assert f"127.0.0.1:{params['dashboard_port']}/api/gcs_healthz" in check
@@ -259,31 +296,97 @@ def test_ray_worker_scales_and_joins_the_head(resolved: dict[str, Any]) -> None:
     assert worker["depends_on"] == {"ray-head": {"condition": "service_healthy"}}
 
 
-def test_job_submits_itm_run_to_the_head_once_everything_is_healthy(
-    resolved: dict[str, Any],
+def job_argv(tmp_path: Path, job_args: str | None) -> list[str]:
+    """The argv the job container execs, with ITM_JOB_ARGS set (or not) in .env.
+
+    Compose resolves the file (interpolation included); then the service's real
+    command runs in `sh`, with a `ray` on PATH that prints the argv it gets.
+    """
+    env = tmp_path / ".env"
+    env.write_text(ENV_EXAMPLE.read_text()
+                   + (f"ITM_JOB_ARGS={job_args}\n" if job_args is not None else ""))
+    result = compose("config", env_file=env)
+    assert result.returncode == 0, result.stderr
+    job = yaml.safe_load(result.stdout)["services"]["job"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ray"
+    fake.write_text(f"#!{sys.executable}\nimport json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    fake.chmod(0o755)
+    shell, flag, script = job["command"]
+    assert (shell, flag) == ("sh", "-c")
+    # `config` prints $ as $$ (its output is a compose file again); the container gets $.
+    script = script.replace("$$", "$")
+    environment = {k: str(v) for k, v in job["environment"].items()}
+    (tmp_path / "a-file-a-glob-would-match").touch()
+    out = subprocess.run([shell, flag, script], env={"PATH": f"{bin_dir}:/usr/bin:/bin",
+                                                      **environment},
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    return ["ray", *json.loads(out)]
+
+
+@pytest.mark.parametrize(
+    ("job_args", "expected"),
+    [
+        (None, {}),
+        ("", {}),
+        ("--batch-size 8", {"batch_size": 8}),
+        ("--concurrency 128 --batch-size 32  --retries 0", {"concurrency": 128,
+                                                            "batch_size": 32, "retries": 0}),
+        ("--urls *", {"urls": Path("*")}),
+    ],
+)
+def test_job_submits_itm_run_with_any_number_of_job_args(
+    tmp_path: Path, resolved: dict[str, Any], job_args: str | None, expected: dict[str, Any]
 ) -> None:
+    """Unset, empty, one flag or several: each word of ITM_JOB_ARGS is one argument
+    (Docker Compose and podman-compose alike: the container's shell splits it)."""
     services = resolved["services"]
-    job = services["job"]
     head = parse_ray(command_argv(services["ray-head"]))
-    argv = command_argv(job)
+    argv = job_argv(tmp_path, job_args)
     submit = parse_ray(argv)
     assert submit["address"] == f"http://ray-head:{head['dashboard_port']}"
-    settings = parse_itm_run(list(submit["entrypoint"]))
-    assert settings.ray_address == "auto" and settings.serve
-    assert settings.host == "0.0.0.0"
-    assert published(services["ray-head"])[settings.port][1] == settings.port == 5000
-    # The job reads urls.txt from the image, where the Dockerfile puts it.
-    assert settings.urls == Path("/app/urls.txt")
-    dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^WORKDIR /app$", dockerfile, re.M)
-    assert re.search(r"^COPY (\S+ )*urls\.txt( \S+)* \./$", dockerfile, re.M)
+    entrypoint = list(submit["entrypoint"])
+    assert "" not in entrypoint
+    settings = parse_itm_run(entrypoint)
+    assert settings.ray_address == "auto" and not settings.serve, "the API is its own service"
+    defaults = parse_itm_run(["python", "-m", "itm.run"])
+    for key, value in expected.items():
+        assert getattr(settings, key) == value != getattr(defaults, key), key
+    if "urls" not in expected:
+        # The job reads urls.txt from the image, where the Dockerfile puts it.
+        assert settings.urls == Path("/app/urls.txt")
+        dockerfile = (ROOT / "Dockerfile").read_text()
+        assert re.search(r"^WORKDIR /app$", dockerfile, re.M)
+        assert re.search(r"^COPY (\S+ )*urls\.txt( \S+)* \./$", dockerfile, re.M)
     # The MongoDB password is not on a command line (the dashboard shows it).
-    assert settings.mongo_uri is None and "mongodb://" not in job["command"]
+    assert settings.mongo_uri is None and "mongodb://" not in " ".join(argv)
+
+
+def test_job_runs_once_after_mongo_and_the_head(resolved: dict[str, Any]) -> None:
+    job = resolved["services"]["job"]
     assert job["restart"] == "no"
+    assert "ITM_MONGO_URI" not in job["environment"], "the driver gets it from the head"
     assert job["depends_on"] == {
         "mongo": {"condition": "service_healthy"},
         "ray-head": {"condition": "service_healthy"},
     }
+
+
+def test_api_serves_port_5000_from_its_own_container(resolved: dict[str, Any]) -> None:
+    api = resolved["services"]["api"]
+    shell, flag, script = api["command"]
+    assert (shell, flag) == ("sh", "-c")
+    start, _, serve = script.partition(" && exec ")
+    params = parse_ray(shlex.split(start))
+    assert params["head"] and params["include_dashboard"] is False
+    assert size_bytes(api["shm_size"]) > params["object_store_memory"]
+    assert shlex.split(serve) == ["serve", "run", "--address=auto", "serve_config.yaml"]
+    config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
+    assert config["http_options"] == {"host": "0.0.0.0", "port": 5000}
+    assert published(api) == {5000: ("127.0.0.1", 5000)}, "host loopback only"
+    assert "127.0.0.1:5000/healthz" in " ".join(api["healthcheck"]["test"])
+    assert api["depends_on"] == {"mongo": {"condition": "service_healthy"}}
 
 
 def test_every_dependency_waits_for_a_healthcheck(resolved: dict[str, Any]) -> None:
@@ -306,11 +409,11 @@ def test_mongo_express_is_behind_the_debug_profile(resolved: dict[str, Any]) -> 
         assert "profiles" not in resolved["services"][name], f"{name} must start by default"
 
 
-def test_ray_services_share_the_dockerfile_image(resolved: dict[str, Any]) -> None:
+def test_itm_services_share_the_dockerfile_image(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
-    images = {services[name]["image"] for name in ("ray-head", "ray-worker", "job")}
-    assert len(images) == 1
-    for name in ("ray-head", "ray-worker", "job"):
+    names = ("ray-head", "ray-worker", "job", "api")
+    assert len({services[name]["image"] for name in names}) == 1
+    for name in names:
         assert Path(services[name]["build"]["context"]) == ROOT
         assert services[name]["init"] is True, "tini forwards signals to ray/python"
 
@@ -377,7 +480,7 @@ def test_dockerfile_final_stage_is_slim_unprivileged_and_without_build_tools() -
     assert f"ray.__version__ == '{ray_pin()}'" in build
     # The dependency layer's stub package must go with its build tree, or the stale
     # stub itm/__init__.py ends up in the image instead of the real one.
-    (stub,) = [line for line in stages[0] if "pip uninstall" in line]
+    (stub,) = [line for line in stages[0] if "pip uninstall --yes itm" in line]
     assert re.search(r"rm -rf [^&]*\bbuild\b", stub), stub
 
 
@@ -542,7 +645,8 @@ def test_cluster_start_commands_parse_and_match(name: str) -> None:
     _, head_argv = start_command(config, "head_start_ray_commands")
     _, worker_argv = start_command(config, "worker_start_ray_commands")
     head, worker = parse_ray(head_argv), parse_ray(worker_argv)
-    assert head["head"] and head["dashboard_host"] == "0.0.0.0"
+    # The dashboard runs submitted jobs: loopback only, reached through `ray dashboard`.
+    assert head["head"] and head["dashboard_host"] == "127.0.0.1"
     assert head["autoscaling_config"] == "~/ray_bootstrap_config.yaml"
     assert worker["address"] == f"$RAY_HEAD_IP:{head['port']}"
     # AWS and on-prem nodes start the same way.

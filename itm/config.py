@@ -46,7 +46,9 @@ class Settings:
     concurrency: int = _opt(
         64, "downloads in flight across the cluster (I/O-bound, not capped by CPUs)"
     )
-    batch_size: int = _opt(16, "input lines per Ray task and per writer call")
+    batch_size: int = _opt(
+        32, "input lines per Ray task and per writer call: fewer tasks, workers and writes"
+    )
     connect_timeout: float = _opt(5.0, "seconds to open a connection")
     read_timeout: float = _opt(10.0, "seconds to wait for the next bytes of a response")
     deadline: float = _opt(30.0, "seconds one URL may take in all, retries and redirects included")

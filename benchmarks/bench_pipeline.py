@@ -243,7 +243,8 @@ class Result:
     first_result: float  # seconds from the process start to the first stored line
 
     def row(self) -> str:
-        cpu = " ".join(f"{kind} {seconds:.1f}" for kind, seconds in sorted(self.measure.cpu.items()))
+        cpu = " ".join(f"{kind} {seconds:.1f}"
+                       for kind, seconds in sorted(self.measure.cpu.items()))
         job = f"{self.job:6.1f}" if self.job is not None else "     -"
         return (f"  {self.name:10s} wall {self.measure.wall:6.1f} s  job {job} s  first "
                 f"{self.first_result:5.1f} s  steady {self.steady:6.0f} lines/s  CPU "
@@ -291,7 +292,8 @@ def scenario(title: str, lines: list[str], latency: float, uri: str, tmp: Path,
     print(f"\n{title}: {len(lines)} lines, {latency * 1000:.0f} ms per response", flush=True)
     with photo_server(latency, prewarm) as base:
         urls = tmp / "urls.txt"
-        urls.write_text("\n".join(l.replace("https://picsum.photos", base) for l in lines) + "\n")
+        urls.write_text("\n".join(line.replace("https://picsum.photos", base)
+                                  for line in lines) + "\n")
         client = connect(uri)
         for name in names:
             results[name] = run(name, urls, uri, client[f"bench_{name}"], extra, itm_root)
@@ -313,11 +315,12 @@ def drip(uri: str, tmp: Path, deadline: float, itm_root: Path) -> None:
         results = scenario(f"drip benchmark, {title}", input_lines, 0.0, uri, tmp, ("itm",),
                            ("--deadline", str(deadline)), itm_root)
         db = connect(uri)["bench_itm"]
-        times = sorted(e["finished_at"] for e in db.events.find({"url": {"$not": re.compile("/drip/")}}))
-        run_doc = db.runs.find_one()
-        rates[title] = len(times) / (times[-1] - run_doc["started_at"]).total_seconds()
-        print(f"  other lines: {len(times)} in {(times[-1] - run_doc['started_at']).total_seconds():.1f}"
-              f" s = {rates[title]:.0f} lines/s (job {results['itm'].job} s)")
+        others = db.events.find({"url": {"$not": re.compile("/drip/")}}, {"finished_at": 1})
+        times = sorted(event["finished_at"] for event in others)
+        seconds = (times[-1] - db.runs.find_one()["started_at"]).total_seconds()
+        rates[title] = len(times) / seconds
+        print(f"  other lines: {len(times)} in {seconds:.1f} s = {rates[title]:.0f} lines/s "
+              f"(job {results['itm'].job} s)")
     print(f"  other lines' throughput with 5% dripping: {rates['drip'] / rates['clean']:.2f}x "
           f"the clean run's (target >= 0.80)")
 
@@ -330,7 +333,8 @@ def report(results: dict[str, dict[str, Result]]) -> None:
         print(f"  0 ms:   itm job / pools wall {r['itm'].job / base:.2f} (<= 1.0); itm wall / "
               f"pools wall {r['itm'].measure.wall / base:.2f} (<= 1.5)")
         if "sequential" in r:
-            print(f"          itm wall / sequential wall {r['itm'].measure.wall / r['sequential'].measure.wall:.2f}")
+            ratio = r["itm"].measure.wall / r["sequential"].measure.wall
+            print(f"          itm wall / sequential wall {ratio:.2f}")
     if "100ms" in results:
         r = results["100ms"]
         if "sequential" in r:
@@ -338,19 +342,20 @@ def report(results: dict[str, dict[str, Result]]) -> None:
             label = "measured"
         elif "0ms" in results and "sequential" in results["0ms"]:
             # Each good line costs two responses, each error one, all one after another.
-            responses = sum(2 if "/error/" not in l and max(map(int, l.rsplit("/", 2)[1:])) <= 5000
-                            else 1 for l in LINES)
+            responses = sum(1 if "/error/" in line or max(map(int, line.rsplit("/", 2)[1:])) > 5000
+                            else 2 for line in LINES)
             sequential = results["0ms"]["sequential"].measure.wall + responses * 0.1
             label = "estimated: 0 ms time + 0.1 s per response"
         else:
             sequential = None
         if sequential:
-            print(f"  100 ms: itm wall / sequential wall {r['itm'].measure.wall / sequential:.3f}"
-                  f" = 1/{sequential / r['itm'].measure.wall:.0f} (<= 1/20; sequential {sequential:.0f} s"
-                  f", {label})")
+            wall = r["itm"].measure.wall
+            print(f"  100 ms: itm wall / sequential wall {wall / sequential:.3f} = 1/"
+                  f"{sequential / wall:.0f} (<= 1/20; sequential {sequential:.0f} s, {label})")
     if "10k" in results:
         r = results["10k"]
-        print(f"  10k:    itm steady / pools steady {r['itm'].steady / r['pools'].steady:.2f} (>= 1.0)")
+        ratio = r["itm"].steady / r["pools"].steady
+        print(f"  10k:    itm steady / pools steady {ratio:.2f} (>= 1.0)")
         seq = results.get("0ms", {}).get("sequential")
         if seq:
             per_k = {name: res.measure.cpu_total / res.lines * 1000 for name, res in r.items()}

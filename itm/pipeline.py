@@ -45,7 +45,7 @@ Line = tuple[int, str]  # (1-based line number, text of the line)
 GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
 GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines
 CHUNK_ROUNDS = 16  # a chunk keeps every thread of its task busy this many times
-ATTEMPTS = 3  # downloads of a line whose task died or whose bytes were lost
+ATTEMPTS = 4  # downloads of a line whose task died or whose bytes were lost: as Ray retries
 BACKSTOP_GRACE = 10.0  # seconds past the deadline before a silent download task is cancelled
 
 

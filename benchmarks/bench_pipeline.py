@@ -183,8 +183,9 @@ def _kind(cmdline: list[str], root: bool) -> str:
 def measure(command: list[str], env: dict[str, str]) -> Measure:
     result = Measure()
     started = time.perf_counter()
+    errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read after the process ends)
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+                            stderr=errors, text=True, start_new_session=True)
     reader = threading.Thread(target=lambda: result.stdout.extend(
         (time.perf_counter() - started, line.rstrip()) for line in proc.stdout), daemon=True)
     reader.start()
@@ -214,7 +215,9 @@ def measure(command: list[str], env: dict[str, str]) -> Measure:
         result.cpu[kind] = result.cpu.get(kind, 0.0) + seconds
     result.workers = len(workers)
     if proc.returncode:
-        raise RuntimeError(f"{command[2:4]} exited with {proc.returncode}")
+        errors.seek(0)
+        raise RuntimeError(f"{command[2:4]} exited with {proc.returncode}: "
+                           f"{errors.read()[-2000:]}")
     return result
 
 

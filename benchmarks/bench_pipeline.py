@@ -1,24 +1,50 @@
-"""itm against a plain sequential loop, on the canonical input, in one run.
+"""What users pay: itm against a sequential loop and a no-Ray pool script, on real photos.
 
-    python -m benchmarks.bench_pipeline [--latency 0.1] [--lines N]
+    flock /tmp/itm-bench.lock python -m benchmarks.bench_pipeline [--only 0ms 100ms 10k drip]
 
-A local picsum-like server adds ``--latency`` seconds to every response (the
-redirect and the image: two per good line). Both sides start from a fresh
-database on the same SecantusDB and write the same schema; the baseline reuses
-itm's pure steps (fetch, md5, grayscale) so that only the orchestration differs.
+A picsum-like server of real photographs (``tests/photo_server.py``, its own
+process, photos encoded before any pipeline runs) serves the canonical input
+(``urls.txt``: 650 lines, 550 images, 100 errors). Each pipeline runs as its own
+process on a fresh database of one SecantusDB, and is measured from outside:
+whole-process wall, CPU seconds of its process tree (sampled every 0.1 s), Ray
+worker processes started. The three pipelines:
+
+- ``sequential``: one URL at a time, written one line at a time;
+- ``pools``: the script a seasoned user writes without Ray: a thread pool of
+  downloads, a process pool (one process per core) for decode + grayscale + PNG,
+  batched pymongo writes;
+- ``itm``: ``python -m itm.run --no-serve``, Ray start included; its job time is
+  the one its own summary prints.
+
+Scenarios: ``0ms`` and ``100ms`` of latency per response on the 650 lines (the
+sequential loop runs at 100 ms only with ``--sequential-100ms``: it takes minutes;
+its time is then 650 x 2 x 0.1 s plus its 0 ms time, which the report estimates);
+``10k``: 10,000 lines at 0 ms for steady-state lines/s (from the events'
+``finished_at``, between the 10th and the 90th percentile); ``drip``: 5% of the
+lines drip one byte per 0.5 s until itm's deadline, and the other lines' throughput
+is compared with a clean run's.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
+import re
+import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 from bson import Binary
-from pymongo import UpdateOne
+from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 
 from itm.config import Settings
@@ -27,70 +53,359 @@ from itm.embedded import EmbeddedMongo
 from itm.errors import Failure
 from itm.histogram import floor_minute
 from itm.imaging import grayscale_png, md5_hex
-from itm.lines import read_lines
-from itm.ray_runtime import init_ray
-from itm.run import run_job
+from itm.ray_runtime import LOCAL_ENV
 from itm.store import connect, ensure_indexes
-from tests.servers import PicsumServer, picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent
+LINES = (ROOT / "urls.txt").read_text().splitlines()
+CPUS = os.cpu_count() or 1
+WRITE_BATCH = 64
 
 
-def sequential(urls: Path, db: Database, settings: Settings) -> tuple[int, int]:
-    """One URL at a time: download, md5, grayscale, upsert, event, counter."""
+# -- the two baselines, each run as `python -m benchmarks.bench_pipeline --pipeline NAME` --------
+
+def _event(line: int, url: str, outcome: str | Failure) -> dict:
+    event = {"run_id": "bench", "line": line, "url": url,
+             "finished_at": datetime.now(timezone.utc)}
+    if isinstance(outcome, Failure):
+        return event | {"status": "error", "reason": outcome.reason, "detail": outcome.detail}
+    return event | {"status": "success", "md5": outcome}
+
+
+def _write(db: Database, rows: list[tuple[int, str, str | Failure, object]]) -> None:
+    """One bulk upsert of the images, one bulk insert of the events, one $inc per minute."""
+    images = [UpdateOne({"md5": md5}, {"$setOnInsert": {
+        "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
+        "gray": Binary(gray.png), "source_url": url, "inserted_at": datetime.now(timezone.utc),
+    }}, upsert=True) for _, url, md5, gray in rows if gray is not None]
+    if images:
+        db.images.bulk_write(images, ordered=False)
+    events = [_event(line, url, md5) for line, url, md5, _ in rows]
+    db.events.bulk_write([InsertOne(event) for event in events], ordered=False)
+    minutes: dict[datetime, dict[str, int]] = {}
+    for event in events:
+        counts = minutes.setdefault(floor_minute(event["finished_at"]), {"success": 0, "error": 0})
+        counts[event["status"]] += 1
+    for minute, counts in minutes.items():
+        db.monitoring.update_one({"minute": minute}, {"$inc": counts}, upsert=True)
+
+
+def _process(data: bytes, settings: Settings) -> tuple[str, object]:
+    """In a pool process: md5, decode, grayscale, PNG."""
+    try:
+        return md5_hex(data), grayscale_png(data, settings.max_pixels, settings.png_level)
+    except Failure as failure:
+        return "", failure
+
+
+def _download(line: str, settings: Settings) -> bytes | Failure:
+    try:
+        return fetch(line, settings)
+    except Failure as failure:
+        return failure
+
+
+def sequential(urls: list[str], db: Database, settings: Settings) -> None:
+    for number, url in enumerate(urls, start=1):
+        data = _download(url, settings)
+        md5, gray = ("", data) if isinstance(data, Failure) else _process(data, settings)
+        outcome = gray if isinstance(gray, Failure) else md5
+        _write(db, [(number, url, outcome, None if isinstance(gray, Failure) else gray)])
+
+
+def pools(urls: list[str], db: Database, settings: Settings) -> None:
+    """Downloads in 64 threads, pure steps in one process per core, writes of 64 lines."""
+    rows: list = []
+    with ThreadPoolExecutor(settings.concurrency) as threads, ProcessPoolExecutor(CPUS) as procs:
+        pending = {threads.submit(_download, url, settings): (n, url)
+                   for n, url in enumerate(urls, start=1)}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                number, url = pending.pop(future)
+                result = future.result()
+                if isinstance(result, bytes):
+                    pending[procs.submit(_process, result, settings)] = (number, url)
+                elif isinstance(result, Failure):
+                    rows.append((number, url, result, None))
+                else:
+                    md5, gray = result
+                    failed = isinstance(gray, Failure)
+                    rows.append((number, url, gray if failed else md5, None if failed else gray))
+            if len(rows) >= WRITE_BATCH or (rows and not pending):
+                _write(db, rows)
+                rows = []
+
+
+def run_baseline(name: str, urls: Path, mongo_uri: str, db_name: str) -> None:
+    # The local image server is on loopback: opt in to private addresses, explicitly.
+    settings = Settings(urls=urls, mongo_uri=mongo_uri, serve=False, allow_private_addresses=True)
+    db = connect(mongo_uri)[db_name]
     ensure_indexes(db)
-    success = error = 0
-    for line, text in read_lines(urls, set()):
-        now = datetime.now(timezone.utc)
-        event = {"run_id": "sequential", "line": line, "url": text, "finished_at": now}
+    {"sequential": sequential, "pools": pools}[name](urls.read_text().splitlines(), db, settings)
+
+
+# -- measuring a process tree from outside ----------------------------------------------------
+
+def _is_ray_worker(cmdline: list[str]) -> bool:
+    """A Ray worker process: ``default_worker.py`` until it renames itself ``ray::<task>``
+    (the raylet's own command line names that script too; the agents are no workers)."""
+    if not cmdline:
+        return False
+    if cmdline[0].startswith("ray::"):
+        return not cmdline[0].endswith("Agent")
+    return any(part.endswith("default_worker.py") for part in cmdline[:3])
+
+
+@dataclass
+class Measure:
+    wall: float = 0.0
+    cpu: dict[str, float] = field(default_factory=dict)  # seconds per process kind
+    workers: int = 0
+    stdout: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
+
+    @property
+    def cpu_total(self) -> float:
+        return sum(self.cpu.values())
+
+
+def _kind(cmdline: list[str], root: bool) -> str:
+    text = " ".join(cmdline[:3])
+    if root:
+        return "driver"
+    if _is_ray_worker(cmdline):
+        return "ray workers"
+    for name in ("raylet", "gcs_server", "dashboard", "runtime_env", "log_monitor", "monitor.py"):
+        if name in text:
+            return "ray services"
+    return "pool processes" if "multiprocessing" in text or "bench_pipeline" in text else "other"
+
+
+def measure(command: list[str], env: dict[str, str]) -> Measure:
+    result = Measure()
+    started = time.perf_counter()
+    errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read after the process ends)
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=errors, text=True, start_new_session=True)
+    reader = threading.Thread(target=lambda: result.stdout.extend(
+        (time.perf_counter() - started, line.rstrip()) for line in proc.stdout), daemon=True)
+    reader.start()
+    seen: dict[int, tuple[str, float]] = {}
+    workers: set[int] = set()
+    root = psutil.Process(proc.pid)
+    while proc.poll() is None:
         try:
-            data = fetch(text, settings)
-            md5 = md5_hex(data)
-            gray = grayscale_png(data, settings.max_pixels, settings.png_level)
-            result = db.images.bulk_write([UpdateOne({"md5": md5}, {"$setOnInsert": {
-                "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
-                "gray": Binary(gray.png), "source_url": text, "inserted_at": now,
-            }}, upsert=True)])
-            event |= {"status": "success", "md5": md5, "duplicate": not result.upserted_count}
-            success += 1
-        except Failure as failure:
-            event |= {"status": "error", "reason": failure.reason, "detail": failure.detail}
-            error += 1
-        db.events.insert_one(event)
-        db.monitoring.update_one({"minute": floor_minute(now)},
-                                 {"$inc": {event["status"]: 1}}, upsert=True)
-    return success, error
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for member in tree:
+            try:
+                with member.oneshot():
+                    cmdline, times = member.cmdline(), member.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            kind = _kind(cmdline, member.pid == proc.pid)
+            seen[member.pid] = (kind, times.user + times.system)
+            if kind == "ray workers":
+                workers.add(member.pid)
+        time.sleep(0.1)
+    proc.wait()
+    result.wall = time.perf_counter() - started
+    reader.join(5)
+    for kind, seconds in seen.values():
+        result.cpu[kind] = result.cpu.get(kind, 0.0) + seconds
+    result.workers = len(workers)
+    if proc.returncode:
+        errors.seek(0)
+        raise RuntimeError(f"{command[2:4]} exited with {proc.returncode}: "
+                           f"{errors.read()[-2000:]}")
+    return result
+
+
+# -- the scenarios ---------------------------------------------------------------------------
+
+@contextmanager
+def photo_server(latency: float, prewarm: Path, drip_seconds: float = 60.0) -> Iterator[str]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tests.photo_server", "--latency", str(latency),
+         "--prewarm", str(prewarm), "--drip-seconds", str(drip_seconds)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield server.stdout.readline().strip()
+    finally:
+        server.stdin.close()
+        server.wait(30)
+
+
+@dataclass
+class Result:
+    name: str
+    measure: Measure
+    job: float | None  # itm's own job time, from its summary
+    lines: int
+    steady: float  # lines/s between the 10th and 90th percentile of finished_at
+    first_result: float  # seconds from the process start to the first stored line
+
+    def row(self) -> str:
+        cpu = " ".join(f"{kind} {seconds:.1f}"
+                       for kind, seconds in sorted(self.measure.cpu.items()))
+        job = f"{self.job:6.1f}" if self.job is not None else "     -"
+        return (f"  {self.name:10s} wall {self.measure.wall:6.1f} s  job {job} s  first "
+                f"{self.first_result:5.1f} s  steady {self.steady:6.0f} lines/s  CPU "
+                f"{self.measure.cpu_total:5.1f} s ({cpu})  Ray workers {self.measure.workers}")
+
+
+def _finished(db: Database) -> list[datetime]:
+    return sorted(e["finished_at"] for e in db.events.find({}, {"finished_at": 1}))
+
+
+def steady_rate(times: list[datetime]) -> float:
+    low, high = times[len(times) // 10], times[len(times) * 9 // 10]
+    seconds = (high - low).total_seconds()
+    return (len(times) * 8 // 10) / seconds if seconds > 0 else float("inf")
+
+
+def run(name: str, urls: Path, uri: str, db: Database, extra: tuple[str, ...] = (),
+        itm_root: Path = ROOT) -> Result:
+    db.client.drop_database(db.name)
+    env = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1", "PYTHONPATH": str(ROOT)}
+    if name == "itm":
+        env["PYTHONPATH"] = str(itm_root)
+        command = [sys.executable, "-m", "itm.run", "--no-serve", "--urls", str(urls),
+                   "--mongo-uri", uri, "--db", db.name, *extra]
+    else:
+        command = [sys.executable, "-m", "benchmarks.bench_pipeline", "--pipeline", name,
+                   "--urls", str(urls), "--mongo-uri", uri, "--db", db.name]
+    started = datetime.now(timezone.utc)
+    measured = measure(command, env)
+    job = None
+    for _, line in measured.stdout:
+        if match := re.match(r"run \S+: (\d+) lines in ([\d.]+) s", line):
+            job = float(match.group(2))
+    times = _finished(db)
+    first = (times[0] - started).total_seconds() if times else float("nan")
+    return Result(name, measured, job, len(times), steady_rate(times), first)
+
+
+def scenario(title: str, lines: list[str], latency: float, uri: str, tmp: Path,
+             names: tuple[str, ...], extra: tuple[str, ...] = (),
+             itm_root: Path = ROOT) -> dict[str, Result]:
+    prewarm = tmp / "paths.txt"
+    prewarm.write_text("\n".join(lines) + "\n")
+    results = {}
+    print(f"\n{title}: {len(lines)} lines, {latency * 1000:.0f} ms per response", flush=True)
+    with photo_server(latency, prewarm) as base:
+        urls = tmp / "urls.txt"
+        urls.write_text("\n".join(line.replace("https://picsum.photos", base)
+                                  for line in lines) + "\n")
+        client = connect(uri)
+        for name in names:
+            results[name] = run(name, urls, uri, client[f"bench_{name}"], extra, itm_root)
+            print(results[name].row(), flush=True)
+            phases = [f"{line[:40]}… at {t:.1f} s" for t, line in results[name].measure.stdout
+                      if line.startswith(("itm: run", "run "))]
+            if phases:
+                print("              " + "; ".join(phases), flush=True)
+    return results
+
+
+def drip(uri: str, tmp: Path, deadline: float, itm_root: Path) -> None:
+    """5% of the lines drip until the deadline: the other lines' throughput vs a clean run."""
+    lines = LINES
+    dripping = [line.replace("picsum.photos/", "picsum.photos/drip/") if i % 20 == 7 and
+                "/error/" not in line else line for i, line in enumerate(lines)]
+    rates = {}
+    for title, input_lines in (("clean", lines), ("drip", dripping)):
+        results = scenario(f"drip benchmark, {title}", input_lines, 0.0, uri, tmp, ("itm",),
+                           ("--deadline", str(deadline)), itm_root)
+        db = connect(uri)["bench_itm"]
+        others = db.events.find({"url": {"$not": re.compile("/drip/")}}, {"finished_at": 1})
+        times = sorted(event["finished_at"] for event in others)
+        seconds = (times[-1] - db.runs.find_one()["started_at"]).total_seconds()
+        rates[title] = len(times) / seconds
+        print(f"  other lines: {len(times)} in {seconds:.1f} s = {rates[title]:.0f} lines/s "
+              f"(job {results['itm'].job} s)")
+    print(f"  other lines' throughput with 5% dripping: {rates['drip'] / rates['clean']:.2f}x "
+          f"the clean run's (target >= 0.80)")
+
+
+def report(results: dict[str, dict[str, Result]]) -> None:
+    print("\nratios (targets of issue 7)")
+    if "0ms" in results:
+        r = results["0ms"]
+        base = r["pools"].measure.wall
+        print(f"  0 ms:   itm job / pools wall {r['itm'].job / base:.2f} (<= 1.0); itm wall / "
+              f"pools wall {r['itm'].measure.wall / base:.2f} (<= 1.5)")
+        if "sequential" in r:
+            ratio = r["itm"].measure.wall / r["sequential"].measure.wall
+            print(f"          itm wall / sequential wall {ratio:.2f}")
+    if "100ms" in results:
+        r = results["100ms"]
+        if "sequential" in r:
+            sequential = r["sequential"].measure.wall
+            label = "measured"
+        elif "0ms" in results and "sequential" in results["0ms"]:
+            # Each good line costs two responses, each error one, all one after another.
+            responses = sum(1 if "/error/" in line or max(map(int, line.rsplit("/", 2)[1:])) > 5000
+                            else 2 for line in LINES)
+            sequential = results["0ms"]["sequential"].measure.wall + responses * 0.1
+            label = "estimated: 0 ms time + 0.1 s per response"
+        else:
+            sequential = None
+        if sequential:
+            wall = r["itm"].measure.wall
+            print(f"  100 ms: itm wall / sequential wall {wall / sequential:.3f} = 1/"
+                  f"{sequential / wall:.0f} (<= 1/20; sequential {sequential:.0f} s, {label})")
+    if "10k" in results:
+        r = results["10k"]
+        ratio = r["itm"].steady / r["pools"].steady
+        print(f"  10k:    itm steady / pools steady {ratio:.2f} (>= 1.0)")
+        seq = results.get("0ms", {}).get("sequential")
+        if seq:
+            per_k = {name: res.measure.cpu_total / res.lines * 1000 for name, res in r.items()}
+            seq_k = seq.measure.cpu_total / seq.lines * 1000
+            print(f"          CPU s per 1,000 lines: itm {per_k['itm']:.1f}, pools "
+                  f"{per_k['pools']:.1f}, sequential {seq_k:.1f} (0 ms run); itm / sequential "
+                  f"{per_k['itm'] / seq_k:.2f} (<= 1.3)")
+    workers = [res.measure.workers for scen in results.values() for name, res in scen.items()
+               if name == "itm"]
+    print(f"  Ray worker processes started per itm run: {workers} (<= CPUs + 4 = {CPUS + 4})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latency", type=float, default=0.1, help="seconds added per response")
-    parser.add_argument("--lines", type=int, default=650, help="lines of the canonical input")
+    parser.add_argument("--only", nargs="*", default=["0ms", "100ms", "10k"],
+                        choices=["0ms", "100ms", "10k", "drip"])
+    parser.add_argument("--sequential-100ms", action="store_true",
+                        help="also run the sequential loop at 100 ms (over two minutes)")
+    parser.add_argument("--drip-deadline", type=float, default=10.0)
+    parser.add_argument("--itm-root", type=Path, default=ROOT,
+                        help="run itm from another checkout (e.g. an export of main: before/after)")
+    parser.add_argument("--pipeline", choices=["sequential", "pools"], help=argparse.SUPPRESS)
+    parser.add_argument("--urls", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--mongo-uri", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    canonical = (ROOT / "urls.txt").read_text().splitlines()[: args.lines]
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp)) as uri, \
-            PicsumServer(latency=args.latency) as server:
-        urls = Path(tmp) / "urls.txt"
-        urls.write_text("\n".join(picsum_lines(server.url, canonical)) + "\n")
-        client = connect(uri)
-        # The local picsum is on loopback: opt in to private addresses, explicitly.
-        settings = Settings(urls=urls, mongo_uri=uri, serve=False, dashboard=False,
-                            allow_private_addresses=True)
-
-        started = time.perf_counter()
-        base_ok, base_err = sequential(urls, client["bench_sequential"], settings)
-        baseline = time.perf_counter() - started
-        print(f"sequential: {baseline:7.2f} s  ({base_ok} ok, {base_err} errors)")
-
-        started = time.perf_counter()
-        init_ray(None, dashboard=False)
-        ray_start = time.perf_counter() - started
-        totals, seconds = run_job(dataclasses.replace(settings, db="bench_itm"), uri, "bench")
-        print(f"itm:        {seconds:7.2f} s  ({totals.success} ok, {totals.error} errors;"
-              f" Ray started in {ray_start:.1f} s before)")
-        print(f"speed-up:   {baseline / seconds:7.1f}x  (with Ray's start-up: "
-              f"{baseline / (seconds + ray_start):.1f}x)")
-        assert (totals.success, totals.error) == (base_ok, base_err), "the two runs disagree"
+    if args.pipeline:
+        run_baseline(args.pipeline, args.urls, args.mongo_uri, args.db)
+        return
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp) / "mongo") as uri:
+        tmp = Path(tmp)
+        if "0ms" in args.only:
+            results["0ms"] = scenario("0 ms", LINES, 0.0, uri, tmp,
+                                      ("sequential", "pools", "itm"), itm_root=args.itm_root)
+        if "100ms" in args.only:
+            names = ("sequential", "pools", "itm") if args.sequential_100ms else ("pools", "itm")
+            results["100ms"] = scenario("100 ms", LINES, 0.1, uri, tmp, names,
+                                        itm_root=args.itm_root)
+        if "10k" in args.only:
+            many = [LINES[i % len(LINES)] for i in range(10_000)]
+            results["10k"] = scenario("10k lines", many, 0.0, uri, tmp, ("pools", "itm"),
+                                      itm_root=args.itm_root)
+        if "drip" in args.only:
+            drip(uri, tmp, args.drip_deadline, args.itm_root)
+    report(results)
 
 
 if __name__ == "__main__":

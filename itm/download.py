@@ -481,7 +481,8 @@ def _release(target: Target, conn: _Connection, response: http.client.HTTPRespon
     if response.length == 0:  # read to its end: http.client closes it only at EOF
         response.close()
     if response.isclosed() and conn.sock is not None and not exchange.expired:
-        _POOL.put(target, conn, settings.batch_size)
+        # A download task runs up to `concurrency` threads: keep as many connections.
+        _POOL.put(target, conn, settings.concurrency)
     else:
         _discard(conn, exchange, response)
 

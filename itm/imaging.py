@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +19,10 @@ from itm.errors import Failure
 # Modes whose gray value is already the single channel: (v + v + v) // 3 == v.
 _SINGLE_CHANNEL = {"L", "1"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+ORIENTATION = 0x0112  # the EXIF tag
+# zlib's run-length strategy: on the grayscale of real photos (benchmarks/bench_png.py)
+# it is both faster and smaller than the default strategy at level 1.
+PNG_STRATEGY = zlib.Z_RLE
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,9 @@ def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Imag
         )
     try:
         image.load()  # the first frame only, for animated GIF/WebP/PNG
+        # Most photos are upright already: transposing them would copy every pixel.
+        if image.getexif().get(ORIENTATION, 1) == 1:
+            return image
         return ImageOps.exif_transpose(image)
     # Pillow signals corrupt data with many exception types, truncation included.
     except Exception as exc:
@@ -64,8 +72,16 @@ def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Imag
 
 
 def gray_of_rgb(rgb: np.ndarray) -> np.ndarray:
-    """Exact ``(R + G + B) // 3`` of an HxWx3 uint8 array, vectorized (uint16 sums)."""
-    return (rgb.sum(axis=2, dtype=np.uint16) // 3).astype(np.uint8)
+    """Exact ``(R + G + B) // 3`` of an HxWx3 uint8 array, vectorized.
+
+    Three uint16 planes added in place: about 8x faster than ``sum(axis=2)``,
+    whose reduction over the short last axis numpy does pixel by pixel.
+    """
+    total = rgb[..., 0].astype(np.uint16)
+    total += rgb[..., 1]
+    total += rgb[..., 2]
+    total //= 3
+    return total.astype(np.uint8)
 
 
 def to_gray(image: Image.Image) -> tuple[np.ndarray, str]:
@@ -83,13 +99,15 @@ def to_gray(image: Image.Image) -> tuple[np.ndarray, str]:
         return np.dstack((gray_of_rgb(rgba[..., :3]), rgba[..., 3])), "LA"
     if image.mode in _SINGLE_CHANNEL:
         return np.asarray(image.convert("L")), "L"
-    return gray_of_rgb(np.asarray(image.convert("RGB"))), "L"
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # no copy of RGB pixels
+    return gray_of_rgb(np.asarray(rgb)), "L"
 
 
 def encode_png(pixels: np.ndarray, level: int) -> bytes:
     """PNG bytes of a gray (HxW, mode L) or gray+alpha (HxWx2, LA) uint8 array."""
     out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG", compress_level=level)
+    Image.fromarray(pixels).save(out, format="PNG", compress_level=level,
+                                 compress_type=PNG_STRATEGY)
     return out.getvalue()
 
 

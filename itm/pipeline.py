@@ -1,24 +1,37 @@
-"""The job on Ray: download → (md5 ∥ grayscale) → writer, in batches, with backpressure.
+"""The job on Ray: download → (md5 ∥ grayscale) → writer, in groups, with backpressure.
 
-Per batch of input lines the driver submits four calls and waits on none of them:
+Each download task takes a chunk of input lines and downloads them in threads. It
+is a streaming generator: it hands over each *group* of lines as soon as they are
+downloaded, so a slow URL holds one thread, never its chunk-mates. Per group the
+driver submits three calls and waits on none of them:
 
-    download_batch ─┬─> md5_batch ──┐
-                    └─> gray_batch ─┴─> writer.write
+    download_batch ══ group ─┬─> md5_batch ──┐
+    (one chunk, threads)     └─> gray_batch ─┴─> writer.write
 
 The downloaded bytes are numpy arrays in the object store, so ``md5_batch`` and
-``gray_batch`` read the same shared memory in parallel, without copies. Batches
-keep Ray's per-task cost (about 1 ms) small next to the work.
+``gray_batch`` read the same shared memory in parallel, without copies.
+
+One source of bytes per line: a download task is never re-run by Ray (it would
+fetch new bytes behind our back, e.g. a random picsum photo, after md5 or gray
+read the old ones). When a download task dies, or a group's bytes are lost before
+md5 and gray both read them, the driver downloads those lines again as a whole,
+before the writer has seen any of them.
 """
 
 from __future__ import annotations
 
 import itertools
+import queue
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray
+from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 
 from itm.config import Settings
@@ -28,6 +41,12 @@ from itm.imaging import GrayImage, grayscale_png, md5_hex
 from itm.lines import Line
 from itm.writer import Counts, MongoUnavailable
 
+GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
+GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines
+CHUNK_ROUNDS = 16  # a chunk keeps every thread of its task busy this many times
+ATTEMPTS = 4  # downloads of a line whose task died or whose bytes were lost: as Ray retries
+BACKSTOP_GRACE = 10.0  # seconds past the deadline before a silent download task is cancelled
+
 
 @dataclass(frozen=True)
 class Downloaded:
@@ -35,6 +54,10 @@ class Downloaded:
 
     data: np.ndarray | None
     failure: Failure | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.data is None else self.data.nbytes
 
 
 def _download(line: str, settings: Settings) -> Downloaded:
@@ -44,18 +67,63 @@ def _download(line: str, settings: Settings) -> Downloaded:
         return Downloaded(None, failure)
 
 
-# Downloads wait on the network, not on a CPU: they reserve none, so their number
-# is set by ``Settings.concurrency`` alone; a batch downloads its lines in threads.
-# SPREAD puts them on every node of a cluster (a task that needs no CPU would
-# otherwise stay on the driver's node); md5 and gray then run where the bytes are.
-@ray.remote(num_cpus=0, scheduling_strategy="SPREAD")
-def download_batch(lines: list[Line], settings: Settings) -> list[Downloaded]:
-    with ThreadPoolExecutor(max_workers=len(lines), thread_name_prefix="download") as pool:
-        return list(pool.map(lambda line: _download(line[1], settings), lines))
+def groups(done: queue.SimpleQueue, total: int, size: int, max_bytes: int = GROUP_BYTES,
+           wait: float = GROUP_WAIT) -> Iterator[list[tuple[Line, Downloaded]]]:
+    """Cut ``total`` finished downloads, as they arrive on ``done``, into groups.
+
+    A group goes on at ``size`` lines, at ``max_bytes``, or ``wait`` seconds after
+    its first line arrived: full groups on a fast network, no line held long on a
+    slow one, a bounded group of large images.
+    """
+    remaining = total
+    while remaining:
+        group = [done.get()]
+        weight = group[0][1].size
+        flush_at = time.monotonic() + wait
+        while len(group) < min(size, remaining) and weight < max_bytes:
+            try:
+                group.append(done.get(timeout=max(0.0, flush_at - time.monotonic())))
+            except queue.Empty:
+                break
+            weight += group[-1][1].size
+        remaining -= len(group)
+        yield group
 
 
-# Hashing a batch takes microseconds per image: it needs no CPU of its own.
-@ray.remote(num_cpus=0)
+# Downloads wait on the network, not on a CPU: they reserve none; the driver bounds
+# how many run (one per node, plus one finishing its slowest lines). SPREAD puts them
+# on every node of a cluster; md5 and gray then run where the bytes are.
+# max_retries=0: see the module's docstring (one source of bytes per line).
+# Each group is two objects: its line numbers (for the driver), then its bytes; the
+# generator pauses while the driver has not taken its last groups (backpressure).
+@ray.remote(num_cpus=0, scheduling_strategy="SPREAD", max_retries=0,
+            _generator_backpressure_num_objects=4)
+def download_batch(lines: list[Line], settings: Settings, threads: int) -> Iterator:
+    done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
+    # A line is taken only when an earlier one has been handed over: memory stays flat.
+    slots = threading.Semaphore(threads)
+
+    def fetch_into_done(line: Line) -> None:
+        done.put((line, _download(line[1], settings)))
+
+    def feed(pool: ThreadPoolExecutor) -> None:
+        for line in lines:
+            slots.acquire()
+            pool.submit(fetch_into_done, line)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="download") as pool:
+        threading.Thread(target=feed, args=(pool,), daemon=True).start()
+        for group in groups(done, len(lines), settings.batch_size):
+            yield [number for (number, _), _ in group]
+            yield [item for _, item in group]
+            for _ in group:
+                slots.release()
+
+
+# md5 shares the CPU slots with gray although it takes microseconds per image: a
+# task that reserves no CPU gets a new worker process (~1-3 s of CPU to start)
+# whenever none is idle; so the pure steps never need more workers than CPUs.
+@ray.remote(num_cpus=1)
 def md5_batch(batch: list[Downloaded]) -> list[str | None]:
     return [None if item.data is None else md5_hex(item.data) for item in batch]
 
@@ -76,13 +144,13 @@ def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
         return Failure("processing_error", f"{type(exc).__name__}: {exc}")
 
 
-def submit(writer: ActorHandle, run_id: str, lines: list[Line], settings_ref: ray.ObjectRef
-           ) -> tuple[ray.ObjectRef, ray.ObjectRef]:
-    """Start one batch; return (its download ref, its writer ref)."""
-    downloaded = download_batch.remote(lines, settings_ref)
-    md5s = md5_batch.remote(downloaded)
-    grays = gray_batch.remote(downloaded, settings_ref)
-    return downloaded, writer.write.remote(run_id, lines, md5s, grays)
+@dataclass
+class _Chunk:
+    """A download task in flight: the lines it has not handed over yet."""
+
+    pending: dict[int, str]
+    attempt: int
+    quiet_since: float = field(default_factory=time.monotonic)
 
 
 def run_batches(
@@ -94,57 +162,141 @@ def run_batches(
 ) -> Counts:
     """Push every line through the pipeline; return the outcomes this call wrote.
 
-    Backpressure: at most ``concurrency // batch_size`` download tasks run at once,
-    and past them at most as many batches as the cluster has CPUs (at least as many
-    as downloads), so the grayscale tasks can fill every CPU while memory stays flat
-    however long the input is.
+    Sizing adapts to the cluster: one download task per node (``concurrency``
+    threads in all), plus one while a task finishes its slowest lines; at most two
+    groups per CPU between download and writer, so the grayscale tasks fill every
+    CPU while memory stays flat however long the input is. That also bounds Ray's
+    worker processes: one per download task, one per CPU, one for the writer.
     """
-    downloads_cap = max(1, settings.concurrency // settings.batch_size)
-    batches_cap = downloads_cap + max(downloads_cap, int(ray.cluster_resources().get("CPU", 1)))
-    settings_ref = ray.put(settings)
-    batches = _batched(lines, settings.batch_size)
-    downloading: set[ray.ObjectRef] = set()
-    writing: dict[ray.ObjectRef, list[Line]] = {}
-    total = Counts()
-    exhausted = False
-    while True:
-        while not exhausted and len(downloading) < downloads_cap and len(writing) < batches_cap:
-            batch = next(batches, None)
-            if batch is None:
-                exhausted = True
-                break
-            downloaded, written = submit(writer, run_id, batch, settings_ref)
-            downloading.add(downloaded)
-            writing[written] = batch
-        if not writing:
-            return total
-        # fetch_local=False: the driver only learns that a download ended; the bytes stay put.
-        ready, _ = ray.wait([*downloading, *writing], num_returns=1, fetch_local=False)
-        for ref in ready:
-            if ref in downloading:
-                downloading.discard(ref)
-            else:
-                counts = _result(writer, run_id, writing.pop(ref), ref)
-                total.add(counts)
-                on_batch(counts)
+    return _Driver(writer, run_id, settings, on_batch).run(lines)
 
 
-def _result(writer: ActorHandle, run_id: str, lines: list[Line], ref: ray.ObjectRef) -> Counts:
-    """The writer's counts for a batch; if a task of the batch failed for good (Ray has
-    retried it already), its lines are still recorded, each as an error."""
-    try:
-        return ray.get(ref)
-    except (MongoUnavailable, ray.exceptions.RayActorError):
-        raise  # the writer itself is gone or gave up: the job cannot go on
-    except ray.exceptions.RayError as exc:
-        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        failure = Failure("worker_failed", f"a task of this batch failed: {detail}")
-        return ray.get(writer.write.remote(
-            run_id, lines, [None] * len(lines), [failure] * len(lines)
-        ))
+class _Driver:
+    def __init__(self, writer: ActorHandle, run_id: str, settings: Settings,
+                 on_batch: Callable[[Counts], None]) -> None:
+        self.writer, self.run_id, self.settings, self.on_batch = writer, run_id, settings, on_batch
+        nodes = max(1, sum(1 for node in ray.nodes() if node["Alive"]))
+        self.nodes = nodes
+        self.threads = max(1, settings.concurrency // nodes)
+        self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
+        self.settings_ref = ray.put(settings)
+        self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
+        self.writing: dict[ray.ObjectRef, tuple[list[Line], int]] = {}
+        self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
+        self.total = Counts()
+
+    def run(self, lines: Iterable[Line]) -> Counts:
+        chunks = _chunks(lines, self.threads * CHUNK_ROUNDS, self.nodes)
+        exhausted = False
+        while True:
+            while self._room_for_a_download() and (self.again or not exhausted):
+                if self.again:
+                    self._download(*self.again.popleft())
+                elif (chunk := next(chunks, None)) is not None:
+                    self._download(chunk, 1)
+                else:
+                    exhausted = True
+            if not self.downloading and not self.writing and not self.again:
+                return self.total
+            has_room = len(self.writing) < self.groups_cap
+            waitables = [*self.downloading, *self.writing] if has_room else [*self.writing]
+            ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
+            now = time.monotonic()
+            for chunk in self.downloading.values():
+                if not has_room:  # the task waits on us, not on the network
+                    chunk.quiet_since = now
+            for ref in ready:
+                if isinstance(ref, ObjectRefGenerator):
+                    self._take_group(ref)
+                else:
+                    self._written(ref)
+            self._backstop(now)
+
+    def _room_for_a_download(self) -> bool:
+        if len(self.writing) >= self.groups_cap or len(self.downloading) > self.nodes:
+            return False
+        # Past one task per node, a new one only while another finishes its last lines.
+        return len(self.downloading) < self.nodes or any(
+            len(chunk.pending) < self.threads for chunk in self.downloading.values())
+
+    def _download(self, lines: list[Line], attempt: int) -> None:
+        generator = download_batch.remote(lines, self.settings_ref, self.threads)
+        self.downloading[generator] = _Chunk(dict(lines), attempt)
+
+    def _take_group(self, generator: ObjectRefGenerator) -> None:
+        chunk = self.downloading[generator]
+        try:
+            numbers = ray.get(next(generator))
+            data = next(generator)
+        except StopIteration:
+            del self.downloading[generator]
+            self._retry(list(chunk.pending.items()), chunk.attempt)  # empty unless a bug
+            return
+        except ray.exceptions.RayError as exc:  # the task died: its worker, its node
+            del self.downloading[generator]
+            self._retry(list(chunk.pending.items()), chunk.attempt, exc)
+            return
+        group = [(number, chunk.pending.pop(number)) for number in numbers]
+        chunk.quiet_since = time.monotonic()
+        md5s = md5_batch.remote(data)
+        grays = gray_batch.remote(data, self.settings_ref)
+        self.writing[self.writer.write.remote(self.run_id, group, md5s, grays)] = (
+            group, chunk.attempt)
+
+    def _written(self, ref: ray.ObjectRef) -> None:
+        group, attempt = self.writing.pop(ref)
+        try:
+            counts = ray.get(ref)
+        except (MongoUnavailable, ray.exceptions.RayActorError):
+            raise  # the writer itself is gone or gave up: the job cannot go on
+        except ray.exceptions.RayError as exc:
+            # md5 or gray failed for good, or the group's bytes were lost: the writer
+            # has seen none of these lines; download them again, as a whole.
+            self._retry(group, attempt, exc)
+            return
+        self.total.add(counts)
+        self.on_batch(counts)
+
+    def _retry(self, lines: list[Line], attempt: int, error: Exception | None = None) -> None:
+        if not lines:
+            return
+        if attempt < ATTEMPTS:
+            self.again.append((lines, attempt + 1))
+            return
+        text = str(error).strip()
+        detail = text.splitlines()[-1] if text else type(error).__name__
+        self._record(lines, Failure("worker_failed", f"a task of this batch failed: {detail}"))
+
+    def _record(self, lines: list[Line], failure: Failure) -> None:
+        """Write lines that have no bytes as errors."""
+        ref = self.writer.write.remote(
+            self.run_id, lines, [None] * len(lines), [failure] * len(lines))
+        self.writing[ref] = (lines, ATTEMPTS)
+
+    def _backstop(self, now: float) -> None:
+        """Cancel a download task silent for longer than any line may take; its lines time out.
+
+        Every line ends within its deadline, so a task with lines left always hands
+        over a group by then: one that does not is stuck (a thread in C code, a node
+        that died without Ray noticing yet).
+        """
+        limit = self.settings.deadline + BACKSTOP_GRACE
+        for generator, chunk in list(self.downloading.items()):
+            if now - chunk.quiet_since > limit:
+                ray.cancel(generator, force=True)
+                del self.downloading[generator]
+                self._record(list(chunk.pending.items()), Failure(
+                    "timeout", f"no answer within the {self.settings.deadline:g} s deadline "
+                    f"(download task cancelled after {limit:g} s)"))
 
 
-def _batched(lines: Iterable[Line], size: int) -> Iterator[list[Line]]:
+def _chunks(lines: Iterable[Line], size: int, parts: int) -> Iterator[list[Line]]:
+    """Chunks of ``size`` lines; an input shorter than ``parts`` chunks is cut in ``parts``
+    equal ones instead, so that a short job still downloads on every node."""
     iterator = iter(lines)
-    while batch := list(itertools.islice(iterator, size)):
-        yield batch
+    head = list(itertools.islice(iterator, size * parts))
+    step = size if len(head) == size * parts else max(1, -(-len(head) // parts))
+    for start in range(0, len(head), step):
+        yield head[start:start + step]
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

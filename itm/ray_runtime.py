@@ -18,6 +18,13 @@ LOCAL_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
+# Ray kills an idle worker process above the CPU count after ~1 s, and starts a new
+# one (~1-3 s of CPU) for the next task that finds none idle: a job's bursts of
+# downloads would start workers again and again. The job bounds the tasks it runs at
+# once, so a local Ray keeps every worker it started until the job ends. A cluster
+# gets the same from `ray start --system-config` (see cluster.yaml).
+LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 3_600_000}
+
 
 def init_ray(
     address: str | None, dashboard: bool = True, num_cpus: int | None = None
@@ -43,6 +50,7 @@ def init_ray(
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         log_to_driver=False,
+        _system_config=LOCAL_SYSTEM_CONFIG,
     ))
 
 

@@ -38,11 +38,18 @@ def cluster(ray_local: None) -> Iterator[Cluster]:
 
 
 def outcome(db: Database) -> dict[str, list]:
-    """What a run leaves in the database, without times, ids or run ids."""
+    """What a run leaves in the database, without times, ids or run ids.
+
+    Which of two lines with the same image is stored first (the other one is its
+    duplicate) depends on which download ends first, on one node as on several:
+    only the number of duplicates per image is compared.
+    """
+    duplicates = Counter(e["md5"] for e in db.events.find({"duplicate": True}))
     return {
-        "events": sorted((e["line"], e["status"], e["reason"], e["md5"], e["duplicate"])
+        "events": sorted((e["line"], e["status"], e["reason"], e["md5"])
                          for e in db.events.find()),
-        "images": sorted((i["md5"], i["width"], i["height"], bytes(i["gray"]), i["line"])
+        "duplicates": sorted(duplicates.items()),
+        "images": sorted((i["md5"], i["width"], i["height"], bytes(i["gray"]))
                          for i in db.images.find()),
         "counters": [sum(m[k] for m in db.monitoring.find()) for k in ("success", "error")],
     }

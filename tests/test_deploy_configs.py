@@ -331,8 +331,8 @@ def job_argv(tmp_path: Path, job_args: str | None) -> list[str]:
         (None, {}),
         ("", {}),
         ("--batch-size 8", {"batch_size": 8}),
-        ("--concurrency 128 --batch-size 32  --retries 0", {"concurrency": 128,
-                                                            "batch_size": 32, "retries": 0}),
+        ("--concurrency 128 --batch-size 48  --retries 0", {"concurrency": 128,
+                                                            "batch_size": 48, "retries": 0}),
         ("--urls *", {"urls": Path("*")}),
     ],
 )

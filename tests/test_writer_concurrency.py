@@ -32,7 +32,8 @@ from tests.conftest import run_itm, write_urls
 from tests.servers import PicsumServer
 
 MINUTE = 1.0  # seconds
-SETTINGS = Settings(batch_size=32, concurrency=64)
+# The local picsum is on loopback: opt in to private addresses, explicitly.
+SETTINGS = Settings(batch_size=32, concurrency=64, allow_private_addresses=True)
 
 
 def assert_consistent(db: Database, runs: dict[str, int]) -> None:

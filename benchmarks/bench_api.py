@@ -35,7 +35,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +96,9 @@ def endpoints(data: ApiData, scale: float) -> list[Endpoint]:
     ]
 
 
-def load(base: str, path: str, clients: int, requests: int) -> tuple[float, list[float], list[float]]:
+def load(
+    base: str, path: str, clients: int, requests: int
+) -> tuple[float, list[float], list[float]]:
     """Wall time, latencies and app times of ``requests`` GETs shared by ``clients`` threads."""
     requests = max(requests, 4 * clients)
     latencies: list[float] = []
@@ -243,7 +245,8 @@ def report(results: list[Result], servers: list[str]) -> None:
         base = by_key[("uvicorn", result.endpoint, result.clients)]
         print(f"  {result.server:10} {result.endpoint:26} {result.clients:>2} clients  "
               f"req/s x{result.per_second / base.per_second:5.2f}  "
-              f"p50 {result.p50_ms - base.p50_ms:+7.2f} ms (app {result.app_p50_ms - base.app_p50_ms:+6.2f}, "
+              f"p50 {result.p50_ms - base.p50_ms:+7.2f} ms "
+              f"(app {result.app_p50_ms - base.app_p50_ms:+6.2f}, "
               f"path {result.path_ms - base.path_ms:+6.2f})")
     if CHOSEN not in servers:
         return

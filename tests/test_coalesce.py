@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
@@ -28,13 +28,18 @@ class Gate:
             raise ValueError(key)
         return key.upper()
 
+    def first_run(self, pool: ThreadPoolExecutor, coalescer: Coalescer, key: str) -> Future:
+        """``coalescer(key)`` in ``pool``, once its run has started (and blocks)."""
+        future = pool.submit(coalescer, key)
+        assert self.started.acquire(timeout=10)
+        return future
+
 
 def test_identical_concurrent_calls_share_one_run() -> None:
     gate = Gate()
     coalescer = Coalescer(gate, running=1, waiting=0)
     with ThreadPoolExecutor(8) as pool:
-        first = pool.submit(coalescer, "a")
-        assert gate.started.acquire(timeout=10)
+        first = gate.first_run(pool, coalescer, "a")
         rest = [pool.submit(coalescer, "a") for _ in range(7)]
         gate.open.set()
         assert {f.result() for f in [first, *rest]} == {"A"}
@@ -46,8 +51,7 @@ def test_beyond_running_and_waiting_is_busy_at_once() -> None:
     gate = Gate()
     coalescer = Coalescer(gate, running=1, waiting=1)
     with ThreadPoolExecutor(4) as pool:
-        running = pool.submit(coalescer, "a")
-        assert gate.started.acquire(timeout=10)
+        running = gate.first_run(pool, coalescer, "a")
         waiting = pool.submit(coalescer, "b")  # admitted: waits for the one turn
         while len(coalescer._pending) < 2:
             threading.Event().wait(0.01)
@@ -64,8 +68,7 @@ def test_failure_reaches_every_caller_and_is_not_remembered() -> None:
     gate = Gate()
     coalescer = Coalescer(gate)
     with ThreadPoolExecutor(2) as pool:
-        first = pool.submit(coalescer, "boom")
-        assert gate.started.acquire(timeout=10)
+        first = gate.first_run(pool, coalescer, "boom")
         second = pool.submit(coalescer, "boom")
         gate.open.set()
         for future in (first, second):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -126,7 +126,7 @@ def get_db(request: Request) -> Database:
     return request.app.state.db
 
 
-def bounded(request: Request) -> Any:
+def bounded(request: Request) -> AbstractContextManager[None]:
     """A context in which every MongoDB read of this request gets the API's time limit.
 
     ``pymongo.timeout`` sends the time left as ``maxTimeMS`` with each command and

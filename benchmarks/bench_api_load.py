@@ -143,9 +143,11 @@ def itm_api(uri: str, tmp: Path) -> Iterator[str]:
         start_new_session=True,
     )
     try:
+        output = []
         while "Ctrl-C to stop." not in (line := itm.stdout.readline()):
+            output.append(line)
             if itm.poll() is not None:
-                raise RuntimeError(f"itm.run exited: {line}{itm.stdout.read()}")
+                raise RuntimeError("itm.run exited:\n" + "".join(output) + itm.stdout.read())
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(itm.pid, signal.SIGINT)

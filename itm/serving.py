@@ -31,10 +31,10 @@ from itm.embedded import free_port
 
 APP_NAME = "itm"
 
-# Sized by benchmarks/bench_api.py's load test on 2 cores: 32 requests in the app
-# at once keep a dashboard's image requests from waiting behind each other (Serve's
-# default of 5 queues them), and beyond 64 more in the queue a request would wait
-# seconds: it gets a 503 at once instead, and its client may retry.
+# Sized for 2 cores (re-measure with benchmarks/bench_api_load.py): 32 requests in the
+# app at once keep a dashboard's 24 image requests from waiting behind each other
+# (Serve's default of 5 queues them), and beyond 64 more in the queue a request would
+# wait seconds: it gets a 503 at once instead, and its client may retry.
 MAX_ONGOING_REQUESTS = 32
 MAX_QUEUED_REQUESTS = 64
 

@@ -1,50 +1,65 @@
-"""The API through Ray Serve and through plain uvicorn, in one run.
+"""The API on each Ray Serve request path and on plain uvicorn, in one run.
 
-    python -m benchmarks.bench_api
+    flock /tmp/itm-bench.lock python -m benchmarks.bench_api [--scale 0.5]
 
 Starts its own SecantusDB, fills it like the API tests do, then serves the same
-app twice: as a uvicorn process, then on a local Ray Serve (proxy actor ->
-replica actor). For each endpoint it sends a bounded number of requests from 1
-and from 16 client threads (keep-alive connections) and prints the throughput,
-the p50/p99 latency and the Serve/uvicorn ratios. ``GET /openapi.json`` (cached
-by FastAPI: no MongoDB, no drawing) is the null request: its latency is the
-price of the server path alone. Each response's ``Server-Timing`` says how long
-the app itself took; the rest of the latency ("path") is the server around it:
-under Serve, the proxy and the proxy -> replica hop.
+app on plain uvicorn and on a local Ray Serve for each request path, one server
+at a time, each in its own process (Serve reads its switches from the
+environment its processes start with):
+
+- ``proxy``: Serve's defaults, the path itm used before (proxy actor -> replica);
+- ``trimmed``: the proxy path with ``itm.serving.SERVE_ENV`` (no thread hops,
+  buffered request logs);
+- ``direct``: ``itm.serving.serve_env`` with direct ingress, itm's default: the
+  replica's own uvicorn owns the port;
+- ``throughput`` (only with ``--paths``): ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``,
+  Serve's own bundle (direct ingress, gRPC between Serve's actors, GC frozen).
+
+For each endpoint it sends a bounded number of requests from 1, 16 and 64
+client threads (keep-alive connections) and prints the throughput, the p50/p99
+latency and the ratios to uvicorn. ``GET /openapi.json`` (cached by FastAPI: no
+MongoDB) is the null request: the price of the server path alone. Each
+response's ``Server-Timing`` says how long the app itself took; the rest
+("path") is the server around it. Last, the seconds each server took to stop
+after SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 
 import httpx
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
+from itm.serving import SERVE_ENV, serve_env
 from itm.store import connect
-from tests.apidata import START, ApiData, fill
+from tests.apidata import ApiData, fill
 
 DB = "bench"
-CLIENTS = (1, 16)
+CLIENTS = (1, 16, 64)
+PATHS = ("proxy", "trimmed", "direct")
+ALL_PATHS = (*PATHS, "throughput")
+CHOSEN = "direct"
 
 
 @dataclass(frozen=True)
 class Endpoint:
     name: str
-    path: Callable[[int], str]  # the path of the n-th request
-    requests: dict[int, int]  # clients -> requests sent (bounded: a drawing costs ~0.1 s)
+    path: str
+    requests: int  # per client count: bounded, and at least a few per client
 
 
 @dataclass(frozen=True)
@@ -69,34 +84,23 @@ class Result:
 
 
 def endpoints(data: ApiData, scale: float) -> list[Endpoint]:
-    def counts(one: int, many: int) -> dict[int, int]:
-        return {1: max(5, int(one * scale)), 16: max(16, int(many * scale))}
-
-    def fixed(path: str) -> Callable[[int], str]:
-        return lambda n: path
-
-    def new_window(n: int) -> str:
-        """A window one minute longer each time: other buckets, so a new drawing."""
-        until = START + timedelta(minutes=n)
-        return f"/monitoring?since={START:%Y-%m-%dT%H:%M}Z&until={until:%Y-%m-%dT%H:%M}Z"
-
     small = next(md5 for md5 in data.newest_first if md5 != data.gridfs_md5)
     return [
-        Endpoint("null (/openapi.json)", fixed("/openapi.json"), counts(400, 1600)),
+        Endpoint("null (/openapi.json)", "/openapi.json", int(800 * scale)),
         Endpoint(f"/image ({len(data.pngs[small]) // 1024} KiB, document)",
-                 fixed(f"/image/{small}"), counts(400, 1600)),
+                 f"/image/{small}", int(800 * scale)),
         Endpoint(f"/image ({len(data.pngs[data.gridfs_md5]) // 1024} KiB, GridFS)",
-                 fixed(f"/image/{data.gridfs_md5}"), counts(100, 400)),
-        Endpoint("/monitoring?format=json", fixed("/monitoring?format=json"), counts(300, 1200)),
-        Endpoint("/monitoring (PNG, cached)", fixed("/monitoring"), counts(300, 1200)),
-        Endpoint("/monitoring (PNG, drawn)", new_window, counts(40, 160)),
+                 f"/image/{data.gridfs_md5}", int(300 * scale)),
+        Endpoint("/monitoring?format=json", "/monitoring?format=json", int(600 * scale)),
+        Endpoint("/ (dashboard)", "/", int(400 * scale)),
     ]
 
 
 def load(
-    base: str, path: Callable[[int], str], clients: int, requests: int
+    base: str, path: str, clients: int, requests: int
 ) -> tuple[float, list[float], list[float]]:
     """Wall time, latencies and app times of ``requests`` GETs shared by ``clients`` threads."""
+    requests = max(requests, 4 * clients)
     latencies: list[float] = []
     app_times: list[float] = []
     lock = threading.Lock()
@@ -108,19 +112,19 @@ def load(
 
     def client() -> None:
         with httpx.Client(base_url=base, timeout=120) as http:
-            http.get(path(0))  # opens the connection, warms the server path
+            http.get(path)  # opens the connection, warms the server path
             ready.wait()
             while True:
                 with lock:
                     if sent[0] == requests:
                         return
                     sent[0] += 1
-                    url = path(sent[0])
                 started = time.perf_counter()
-                response = http.get(url)
+                response = http.get(path)
                 elapsed = time.perf_counter() - started
                 if response.status_code != 200:
                     errors.append(f"{path}: {response.status_code}")
+                    continue
                 app_ms = float(response.headers["server-timing"].removeprefix("app;dur="))
                 with lock:
                     latencies.append(elapsed)
@@ -142,20 +146,19 @@ def measure(server: str, base: str, targets: list[Endpoint]) -> list[Result]:
     results = []
     for endpoint in targets:
         for clients in CLIENTS:
-            n = endpoint.requests[clients]
-            wall, latencies, app_times = load(base, endpoint.path, clients, n)
+            wall, latencies, app_times = load(base, endpoint.path, clients, endpoint.requests)
             cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-            result = Result(server, endpoint.name, clients, n, wall, cuts[49] * 1e3,
-                            cuts[98] * 1e3, statistics.median(app_times) * 1e3)
-            print(f"  {server:8} {endpoint.name:32} {clients:>2} clients  "
-                  f"{result.per_second:8.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                  f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:7.2f} ms",
+            result = Result(server, endpoint.name, clients, len(latencies), wall,
+                            cuts[49] * 1e3, cuts[98] * 1e3, statistics.median(app_times) * 1e3)
+            print(f"  {server:10} {endpoint.name:26} {clients:>2} clients  "
+                  f"{result.per_second:7.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                  f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:6.2f} ms",
                   flush=True)
             results.append(result)
     return results
 
 
-def wait_until_up(base: str, timeout: float = 60.0) -> None:
+def wait_until_up(base: str, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -168,82 +171,126 @@ def wait_until_up(base: str, timeout: float = 60.0) -> None:
         time.sleep(0.2)
 
 
+def path_env(path: str, port: int) -> dict[str, str]:
+    """The environment a Serve host process starts with, for one request path."""
+    settings = Settings(port=port, direct_ingress=path in ("direct", "throughput"))
+    if path == "proxy":
+        return {}
+    if path == "trimmed":
+        return dict(SERVE_ENV)
+    env = serve_env(settings)
+    if path == "throughput":
+        env = {k: v for k, v in env.items() if k not in SERVE_ENV}
+        env["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    return env
+
+
 @contextmanager
-def uvicorn_server(uri: str) -> Iterator[str]:
-    """The app under plain uvicorn, in its own process like Serve's actors."""
+def server_process(server: str, uri: str) -> Iterator[tuple[str, list[float]]]:
+    """The app in its own process; yields its base URL and, after the block, the stop time."""
     port = free_port()
-    env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": DB}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "itm.api:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        env=env,
-    )
+    env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": DB, "PYTHONPATH": os.getcwd()}
+    if server == "uvicorn":
+        command = [sys.executable, "-m", "uvicorn", "--factory", "itm.api:create_app",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    else:
+        env.update(path_env(server, port))
+        command = [sys.executable, "-m", "benchmarks.bench_api", "--host-on", str(port)]
+    process = subprocess.Popen(command, env=env)
+    stopped: list[float] = []
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base)
-        yield base
+        yield base, stopped
     finally:
-        process.terminate()
-        process.wait(30)
+        started = time.perf_counter()
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stopped.append(time.perf_counter() - started)
 
 
-@contextmanager
-def serve_server(uri: str) -> Iterator[str]:
-    """The app on a local Ray Serve: one proxy actor, one replica, defaults otherwise."""
+def host(port: int) -> None:
+    """A Serve host process: a local Ray, the API on 127.0.0.1:``port``, until SIGTERM."""
     import ray
     from ray import serve
 
     from itm.ray_runtime import init_ray
     from itm.serving import serve_api
 
-    settings = Settings(mongo_uri=uri, db=DB, host="127.0.0.1", port=free_port())
+    settings = Settings.from_env()
+    settings = Settings(mongo_uri=settings.mongo_uri, db=settings.db, port=port)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     init_ray(None, dashboard=False, num_cpus=2)
     try:
         serve_api(settings)
-        base = f"http://127.0.0.1:{settings.port}"
-        wait_until_up(base)
-        yield base
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
     finally:
         serve.shutdown()
         ray.shutdown()
 
 
-def report(results: list[Result]) -> None:
+def report(results: list[Result], servers: list[str]) -> None:
     by_key = {(r.server, r.endpoint, r.clients): r for r in results}
-    print("\nServe / uvicorn: throughput and p50 ratios; where the p50 difference goes "
-          "(in the app, and on the path around it)")
+    print("\nRatios to uvicorn: req/s, and the p50 difference (in the app / on the path around it)")
     for result in results:
-        if result.server != "serve":
+        if result.server == "uvicorn":
             continue
         base = by_key[("uvicorn", result.endpoint, result.clients)]
-        print(f"  {result.endpoint:32} {result.clients:>2} clients  "
-              f"throughput x{result.per_second / base.per_second:5.2f}  "
-              f"p50 x{result.p50_ms / base.p50_ms:5.2f} ({result.p50_ms - base.p50_ms:+7.2f} ms: "
-              f"app {result.app_p50_ms - base.app_p50_ms:+7.2f}, "
-              f"path {result.path_ms - base.path_ms:+7.2f})")
+        print(f"  {result.server:10} {result.endpoint:26} {result.clients:>2} clients  "
+              f"req/s x{result.per_second / base.per_second:5.2f}  "
+              f"p50 {result.p50_ms - base.p50_ms:+7.2f} ms "
+              f"(app {result.app_p50_ms - base.app_p50_ms:+6.2f}, "
+              f"path {result.path_ms - base.path_ms:+6.2f})")
+    if CHOSEN not in servers:
+        return
+    print(f"\nTargets of the chosen path ({CHOSEN}):")
+    small = next(r.endpoint for r in results if r.endpoint.endswith("document)"))
+    chosen, base = by_key[(CHOSEN, small, 1)], by_key[("uvicorn", small, 1)]
+    print(f"  /image small, 1 client: p50 uvicorn + {chosen.p50_ms - base.p50_ms:.2f} ms "
+          f"(target <= 1.5 ms)")
+    for result in results:
+        if result.server == CHOSEN and result.clients == 16:
+            base = by_key[("uvicorn", result.endpoint, 16)]
+            print(f"  {result.endpoint:26} 16 clients: req/s "
+                  f"x{result.per_second / base.per_second:.2f} uvicorn (target >= 0.7)")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0,
                         help="multiply every request count (default 1.0)")
+    parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=list(PATHS),
+                        help=f"Serve request paths to measure (default: {' '.join(PATHS)})")
+    parser.add_argument("--host-on", type=int, help=argparse.SUPPRESS)  # a Serve host process
     args = parser.parse_args(argv)
-    servers: list[tuple[str, Callable[[str], AbstractContextManager[str]]]] = [
-        ("uvicorn", uvicorn_server), ("serve", serve_server),
-    ]
+    if args.host_on:
+        host(args.host_on)
+        return
+    servers = ["uvicorn", *args.paths]
+    stop_times = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp)) as uri:
         client = connect(uri)
         data = fill(client[DB])
         client.close()
         targets = endpoints(data, args.scale)
         print(f"{os.cpu_count()} CPUs; SecantusDB at {uri}; requests per row: "
-              + ", ".join(f"{e.name}: {e.requests[1]}/{e.requests[16]}" for e in targets))
-        results = []
-        for name, server in servers:
-            with server(uri) as base:
-                print(f"{name} at {base}", flush=True)
-                results += measure(name, base, targets)
-    report(results)
+              + ", ".join(f"{e.name}: {e.requests}" for e in targets), flush=True)
+        results: list[Result] = []
+        for server in servers:
+            with server_process(server, uri) as (base, stopped):
+                print(f"{server} at {base}", flush=True)
+                results += measure(server, base, targets)
+            stop_times[server] = stopped[0]
+    report(results, servers)
+    print("\nSeconds from SIGTERM to exit: "
+          + ", ".join(f"{server} {seconds:.1f}" for server, seconds in stop_times.items()))
 
 
 if __name__ == "__main__":

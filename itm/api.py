@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, asynccontextmanager
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -20,11 +20,13 @@ from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Qu
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from gridfs.errors import NoFile
 from pydantic import BeforeValidator
+from pymongo import timeout as mongo_timeout
 from pymongo.database import Database
-from pymongo.errors import PyMongoError
+from pymongo.errors import ExecutionTimeout, NetworkTimeout, PyMongoError
 
 from itm import __version__, queries
-from itm.chart import cached_histogram
+from itm.chart import histogram_png
+from itm.coalesce import Busy
 from itm.config import Settings
 from itm.dashboard import render_dashboard
 from itm.histogram import totals
@@ -57,8 +59,11 @@ def _iso_only(value: object) -> object:
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    503: {"model": Problem, "description": "MongoDB does not answer"},
+    503: {"model": Problem,
+          "description": "MongoDB does not answer, or not within the API's time limit"},
 }
+# A 503 is a state of the moment (MongoDB away, a read too slow, the API busy): retry soon.
+RETRY_SOON = {"Retry-After": "1"}
 
 
 def require_mongo_uri(settings: Settings) -> str:
@@ -94,7 +99,9 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         summary="The images and the per-minute monitoring of itm's jobs, from MongoDB.",
         lifespan=lifespan,
     )
+    app.state.read_timeout = settings.api_timeout
     app.add_exception_handler(PyMongoError, _database_unavailable)
+    app.add_exception_handler(Busy, _busy)
     app.add_middleware(ServerTimingMiddleware)
     app.include_router(router)
     return app
@@ -102,13 +109,30 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("MongoDB error on %s %s: %r", request.method, request.url.path, exc)
-    return JSONResponse(
-        {"detail": f"database unavailable ({type(exc).__name__})"}, status_code=503
-    )
+    if isinstance(exc, ExecutionTimeout | NetworkTimeout):
+        limit = request.app.state.read_timeout * 1000
+        detail = f"database read took longer than {limit:g} ms ({type(exc).__name__})"
+    else:
+        detail = f"database unavailable ({type(exc).__name__})"
+    return JSONResponse({"detail": detail}, status_code=503, headers=RETRY_SOON)
+
+
+async def _busy(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"the API is busy drawing other charts: retry ({exc})"},
+                        status_code=503, headers=RETRY_SOON)
 
 
 def get_db(request: Request) -> Database:
     return request.app.state.db
+
+
+def bounded(request: Request) -> AbstractContextManager[None]:
+    """A context in which every MongoDB read of this request gets the API's time limit.
+
+    ``pymongo.timeout`` sends the time left as ``maxTimeMS`` with each command and
+    times out the socket too, so that a stuck server cannot hang a request.
+    """
+    return mongo_timeout(request.app.state.read_timeout)
 
 
 DB = Annotated[Database, Depends(get_db)]
@@ -147,16 +171,17 @@ def get_image(
 ) -> Response:
     md5 = md5.lower()
     headers = {"ETag": f'"{md5}"', "Cache-Control": IMMUTABLE}
-    if (
-        if_none_match is not None
-        and etag_matches(if_none_match, headers["ETag"])
-        and queries.image_exists(db, md5)
-    ):
-        return Response(status_code=304, headers=headers)
-    try:
-        png = queries.image_png(db, md5)
-    except NoFile:
-        png = None
+    with bounded(request):
+        if (
+            if_none_match is not None
+            and etag_matches(if_none_match, headers["ETag"])
+            and queries.image_exists(db, md5)
+        ):
+            return Response(status_code=304, headers=headers)
+        try:
+            png = queries.image_png(db, md5)
+        except NoFile:
+            png = None
     if png is None:
         raise HTTPException(404, f"no image with md5 {md5}")
     head = request.method == "HEAD"
@@ -167,7 +192,8 @@ def get_image(
     if head:
         png.close()
         return Response(media_type=PNG, headers=headers)
-    return StreamingResponse(queries.gridfs_chunks(png), media_type=PNG, headers=headers)
+    chunks = queries.gridfs_chunks(png, request.app.state.read_timeout)
+    return StreamingResponse(chunks, media_type=PNG, headers=headers)
 
 
 def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
@@ -193,7 +219,8 @@ def list_images(
         after = None if cursor is None else queries.decode_cursor(cursor)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
-    docs, next_cursor = queries.image_page(db, limit, after)
+    with bounded(request):
+        docs, next_cursor = queries.image_page(db, limit, after)
     return ImagePage(items=_items(request, docs), next=next_cursor)
 
 
@@ -246,7 +273,8 @@ def monitoring(
 ) -> Response:
     """Default window: the minutes that have data; at most 24 h of minutes (the latest)."""
     try:
-        window, buckets = queries.histogram(db, since, until)
+        with bounded(request):
+            window, buckets = queries.histogram(db, since, until)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     if fmt == "json" or (fmt is None and wants_json(request.headers.get("accept"))):
@@ -258,7 +286,7 @@ def monitoring(
         )
         return Response(body.model_dump_json(), media_type="application/json")
     empty = "no data yet" if since is None and until is None else "no data in this window"
-    return Response(cached_histogram(tuple(buckets), empty), media_type=PNG)
+    return Response(histogram_png(buckets, empty), media_type=PNG)
 
 
 @router.get(
@@ -268,12 +296,12 @@ def monitoring(
     summary="The dashboard: totals, histogram, errors by reason, newest images",
 )
 def dashboard(request: Request, db: DB) -> HTMLResponse:
-    docs, _ = queries.image_page(db, GALLERY_SIZE)
+    with bounded(request):
+        docs, _ = queries.image_page(db, GALLERY_SIZE)
+        totals, reasons = queries.summary(db)
+        images = queries.image_count(db)
     page = render_dashboard(
-        totals=queries.all_time_totals(db),
-        images=queries.image_count(db),
-        reasons=queries.errors_by_reason(db),
-        recent=_items(request, docs),
+        totals=totals, images=images, reasons=reasons, recent=_items(request, docs)
     )
     return HTMLResponse(page)
 
@@ -284,9 +312,10 @@ def dashboard(request: Request, db: DB) -> HTMLResponse:
     responses={503: {"model": Health, "description": "MongoDB does not answer"}},
     summary="200 when MongoDB answers a ping, 503 otherwise",
 )
-def healthz(db: DB) -> Health | JSONResponse:
+def healthz(request: Request, db: DB) -> Health | JSONResponse:
     try:
-        db.client.admin.command("ping")
+        with bounded(request):
+            db.client.admin.command("ping")
     except PyMongoError as exc:
         unavailable = Health(status="unavailable", detail=type(exc).__name__)
         return JSONResponse(unavailable.model_dump(), status_code=503)

@@ -6,7 +6,6 @@ global state, which concurrent requests of the API would share.
 
 from __future__ import annotations
 
-import functools
 import io
 from collections.abc import Sequence
 from datetime import timezone
@@ -19,6 +18,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from itm.coalesce import Coalescer
 from itm.histogram import MINUTE, Bucket, totals
 
 SUCCESS_COLOR = "#2e7d32"
@@ -47,11 +47,21 @@ def render_histogram(buckets: Sequence[Bucket], empty_message: str = "no data ye
     return out.getvalue()
 
 
-@functools.lru_cache(maxsize=32)
-def cached_histogram(buckets: tuple[Bucket, ...], empty_message: str = "no data yet") -> bytes:
-    """``render_histogram``, remembered: a dashboard reloaded while the counters stand
-    still costs a query, not a drawing (~0.1 s of CPU holding the GIL)."""
-    return render_histogram(buckets, empty_message)
+def _draw(key: tuple[tuple[Bucket, ...], str]) -> bytes:
+    return render_histogram(*key)
+
+
+# One drawing at a time (it holds the GIL: two would not finish sooner), four more may
+# wait; identical requests share one drawing, and the last 32 charts are remembered, so
+# a dashboard reloaded while the counters stand still costs a query, not a drawing.
+charts: Coalescer[tuple[tuple[Bucket, ...], str], bytes] = Coalescer(
+    _draw, running=1, waiting=4, cache=32
+)
+
+
+def histogram_png(buckets: Sequence[Bucket], empty_message: str = "no data yet") -> bytes:
+    """``render_histogram`` through ``charts``; ``itm.coalesce.Busy`` when too many wait."""
+    return charts((tuple(buckets), empty_message))
 
 
 def _bars(

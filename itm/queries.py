@@ -1,6 +1,11 @@
 """The API's reads of MongoDB, as plain data, with no HTTP in them.
 
-Every function may raise ``PyMongoError``; the API turns it into a 503.
+Every read is served by an index, or by the per-minute ``monitoring`` documents
+(a day of them at most for a histogram): none grows with the number of events
+or images. Every function may raise ``PyMongoError``; the API turns it into a
+503. The API bounds each request's reads with ``pymongo.timeout`` (which sends
+``maxTimeMS`` with every command and times the socket out too); ``gridfs_chunks``
+runs after the route returned, so it bounds each chunk read itself.
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import pymongo
 from gridfs import GridFSBucket, GridOut
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 
 from itm.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
-from itm.store import EVENTS, GRAY_BUCKET, IMAGES, MONITORING
+from itm.store import GRAY_BUCKET, IMAGES, MONITORING
 
 MD5_RE = re.compile(r"[0-9a-f]{32}")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NEWEST_FIRST = [("inserted_at", DESCENDING), ("md5", DESCENDING)]  # matches an index of store
 CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
+# Of a monitoring document, only its counters: the writer adds bookkeeping fields.
+BUCKET_FIELDS = {"_id": 0, "minute": 1, "success": 1, "error": 1}
 
 
 def image_exists(db: Database, md5: str) -> bool:
@@ -43,13 +51,17 @@ def image_png(db: Database, md5: str) -> bytes | GridOut | None:
     return GridFSBucket(db, bucket_name=GRAY_BUCKET).open_download_stream(doc["gray_id"])
 
 
-def gridfs_chunks(stream: GridOut) -> Iterator[bytes]:
-    """The chunks of a GridFS file, one read at a time, closing it at the end.
+def gridfs_chunks(stream: GridOut, timeout_s: float) -> Iterator[bytes]:
+    """The chunks of a GridFS file, each read within ``timeout_s``, closing it at the end.
 
     Not ``iter(stream)``: a ``GridOut`` is a file object, which iterates by lines.
     """
     try:
-        while chunk := stream.readchunk():
+        while True:
+            with pymongo.timeout(timeout_s):
+                chunk = stream.readchunk()
+            if not chunk:
+                return
             yield chunk
     finally:
         stream.close()
@@ -112,28 +124,36 @@ def histogram(
         return None, []
     docs = db[MONITORING].find(
         {"minute": {"$gte": window.since, "$lte": window.until}},
-        {"_id": 0, "minute": 1, "success": 1, "error": 1},
+        BUCKET_FIELDS,
     )
     return window, fill_buckets(window, docs)
 
 
-def all_time_totals(db: Database) -> Totals:
-    """Successes and errors of every minute ever counted."""
-    sums = list(db[MONITORING].aggregate([
-        {"$group": {"_id": None, "success": {"$sum": "$success"}, "error": {"$sum": "$error"}}}
+def summary(db: Database) -> tuple[Totals, list[tuple[str, int]]]:
+    """All-time successes and errors, and errors by reason (most frequent first).
+
+    Sums the per-minute counters (``reasons`` counts each minute's errors by
+    reason; documents older than it have none): O(minutes), never a scan of
+    ``events``.
+    """
+    facets = list(db[MONITORING].aggregate([
+        {"$project": {"_id": 0, "success": 1, "error": 1,
+                      "reasons": {"$objectToArray": {"$ifNull": ["$reasons", {}]}}}},
+        {"$facet": {
+            "totals": [{"$group": {"_id": None, "success": {"$sum": "$success"},
+                                   "error": {"$sum": "$error"}}}],
+            "reasons": [{"$unwind": "$reasons"},
+                        {"$group": {"_id": "$reasons.k", "count": {"$sum": "$reasons.v"}}}],
+        }},
     ]))
-    return Totals(sums[0]["success"], sums[0]["error"]) if sums else Totals(0, 0)
-
-
-def errors_by_reason(db: Database) -> list[tuple[str, int]]:
-    """How many input lines failed for each reason, most frequent first."""
-    rows = db[EVENTS].aggregate([
-        {"$match": {"status": "error"}},
-        {"$group": {"_id": "$reason", "count": {"$sum": 1}}},
-        {"$sort": {"count": -1, "_id": 1}},
-    ])
-    return [(row["_id"] or "unknown", row["count"]) for row in rows]
+    sums = facets[0]["totals"] if facets else []
+    totals = Totals(sums[0]["success"], sums[0]["error"]) if sums else Totals(0, 0)
+    rows = facets[0]["reasons"] if facets else []
+    reasons = sorted(((row["_id"], row["count"]) for row in rows if row["count"]),
+                     key=lambda pair: (-pair[1], pair[0]))
+    return totals, reasons
 
 
 def image_count(db: Database) -> int:
+    """From the collection's metadata: O(1), however many images there are."""
     return db[IMAGES].estimated_document_count()

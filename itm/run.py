@@ -139,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             check_mongo(mongo_uri)
             dashboard = None
             if not ray.is_initialized():  # a caller (a test, a notebook) may have done it
+                if settings.serve and settings.ray_address is None:
+                    from itm.serving import apply_serve_env  # heavy: only when serving
+
+                    apply_serve_env(settings)  # read by Serve's processes as they start
                 try:
                     dashboard = init_ray(
                         settings.ray_address, settings.dashboard and settings.serve

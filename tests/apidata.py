@@ -27,6 +27,8 @@ START = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
 COUNTS = [(0, 2, 1), (1, 1, 2), (3, 2, 1)]  # adds up to the events below
 # Why each failing line failed; one reason is markup, which the dashboard must escape.
 REASONS = ["http_404", "http_404", "timeout", "<b>not_an_image</b>"]
+# The errors of each minute of COUNTS by reason, as the writer counts them.
+MINUTE_REASONS = [{"http_404": 1}, {"http_404": 1, "timeout": 1}, {"<b>not_an_image</b>": 1}]
 
 
 @dataclass
@@ -104,8 +106,8 @@ def fill(db: Database) -> ApiData:
     ]
     db[MONITORING].insert_many([
         {"minute": START + timedelta(minutes=offset), "success": success, "error": error,
-         "tallies": ["internal"]}
-        for offset, success, error in COUNTS
+         "reasons": reasons, "tallies": ["internal"]}  # tallies: the writer's bookkeeping
+        for (offset, success, error), reasons in zip(COUNTS, MINUTE_REASONS, strict=True)
     ])
     events = [{"status": "success", "reason": None, "md5": doc["md5"]} for doc in docs]
     events += [{"status": "error", "reason": reason, "md5": None} for reason in REASONS]

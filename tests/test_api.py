@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from pymongo.database import Database
 
+from itm import chart
 from itm.api import create_app
+from itm.coalesce import Coalescer
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
-from itm.store import IMAGES
+from itm.store import IMAGES, MONITORING
 from tests.apidata import COUNTS, REASONS, START, ApiData, fill
 
 
@@ -359,3 +364,49 @@ def test_mongodb_down_gives_503_and_the_api_recovers(tmp_path: Path) -> None:
             _wait_healthy(client)
             assert _statuses(client) == {200, 404}  # the unknown image is 404
         assert _statuses(client) == {503}
+
+
+# --- bounds: a slow read, a missing reasons counter, too many charts -------------------------
+
+
+def test_read_past_the_time_limit_is_503(mongo_uri: str, db_name: str, data: ApiData) -> None:
+    # A limit no read can meet: pymongo refuses to send the read, or the server stops it.
+    settings = Settings(mongo_uri=mongo_uri, db=db_name, api_timeout=1e-6)
+    with TestClient(create_app(settings)) as slow:
+        for path in PATHS[1:]:
+            response = slow.get(path)
+            assert response.status_code == 503, path
+            assert response.json()["detail"].startswith("database read took longer than 0.001 ms")
+            assert response.headers["retry-after"] == "1"
+
+
+def test_totals_count_minutes_without_reasons(client: TestClient, db: Database) -> None:
+    db[MONITORING].insert_many([
+        {"minute": START, "success": 3, "error": 2},  # written before reasons were counted
+        {"minute": START + timedelta(minutes=1), "success": 0, "error": 1,
+         "reasons": {"timeout": 1}},
+    ])
+    page = client.get("/").text
+    assert "<div>lines processed<b>6</b></div>" in page
+    assert '<td><code>timeout</code></td><td class="n">1</td>' in page
+
+
+def test_too_many_charts_at_once_is_503(client: TestClient, data: ApiData) -> None:
+    gate = threading.Event()
+    drawing = threading.Semaphore(0)
+
+    def slow_draw(key: object) -> bytes:
+        drawing.release()
+        assert gate.wait(10)
+        return b"png"
+
+    busy = Coalescer(slow_draw, running=1, waiting=0)
+    with patch.object(chart, "charts", busy), ThreadPoolExecutor(1) as pool:
+        held = pool.submit(client.get, "/monitoring")
+        assert drawing.acquire(timeout=10)
+        response = client.get("/monitoring", params={"since": _minute(1)})
+        gate.set()
+        assert response.status_code == 503
+        assert "busy" in response.json()["detail"]
+        assert response.headers["retry-after"] == "1"
+        assert held.result().content == b"png"

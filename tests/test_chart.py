@@ -14,7 +14,7 @@ from itm.chart import (
     ERROR_COLOR,
     SIZE_INCHES,
     SUCCESS_COLOR,
-    cached_histogram,
+    histogram_png,
     render_histogram,
 )
 from itm.histogram import MINUTE, Bucket
@@ -77,8 +77,8 @@ def test_concurrent_renders_do_not_interfere() -> None:
     assert together == alone * 3
 
 
-def test_cached_histogram_draws_each_input_once() -> None:
-    first = cached_histogram(tuple(buckets(10)))
+def test_histogram_png_draws_each_input_once() -> None:
+    first = histogram_png(buckets(10))
     assert first == render_histogram(buckets(10))
-    assert cached_histogram(tuple(buckets(10))) is first
-    assert cached_histogram(tuple(buckets(10, seed=1))) != first
+    assert histogram_png(buckets(10)) is first
+    assert histogram_png(buckets(10, seed=1)) != first

@@ -1,0 +1,154 @@
+"""The API's cost against the database's size: 1,000 events vs 200,000 events.
+
+    flock /tmp/itm-bench.lock python -m benchmarks.bench_api_scale
+
+Generates two databases directly (not by a job), with the same 60 minutes of
+per-minute counters: 1,000 events and 100 images, and 200,000 events and 20,000
+images. Serves each with plain uvicorn (the app's own cost, without Serve's) and
+times ``/``, ``/monitoring?format=json`` and ``/images`` from one client: the
+ratio large/small should stay under 2. For reference it also times, with
+pymongo, the events scan that the dashboard's errors-by-reason used to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import httpx
+from bson import Binary
+from pymongo.database import Database
+
+from benchmarks.bench_api import wait_until_up
+from itm.embedded import EmbeddedMongo, free_port
+from itm.store import EVENTS, IMAGES, MONITORING, RUNS, connect, ensure_indexes
+from tests.apidata import png_bytes
+
+START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+REASONS = ("http_404", "http_400", "timeout", "not_an_image")
+ROUTES = ("/", "/monitoring?format=json", "/images")
+SIZES = {"small": (1_000, 100), "large": (200_000, 20_000)}  # name -> (events, images)
+BATCH = 10_000
+
+
+def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[str]:
+    """Write ``events`` events (one in ten an error) over ``minutes`` minutes, their
+    per-minute counters (with ``reasons``) and ``images`` small images; return the md5s."""
+    from PIL import Image
+
+    ensure_indexes(db)
+    png = Binary(png_bytes(Image.new("L", (8, 8), 128)))
+    md5s = [hashlib.md5(str(i).encode()).hexdigest() for i in range(images)]
+    for first in range(0, images, BATCH):
+        db[IMAGES].insert_many([
+            {"md5": md5s[i], "width": 8, "height": 8, "mode": "L", "gray": png,
+             "source_url": f"https://example.test/{i}", "inserted_at":
+             START + timedelta(milliseconds=i), "run_id": "bench", "line": i + 1}
+            for i in range(first, min(first + BATCH, images))
+        ])
+    counters: dict[int, dict] = {}
+    for first in range(0, events, BATCH):
+        batch = []
+        for i in range(first, min(first + BATCH, events)):
+            minute = i * minutes // events
+            error = i % 10 == 9
+            reason = REASONS[i // 10 % len(REASONS)] if error else None
+            tally = counters.setdefault(minute, {"success": 0, "error": 0, "reasons": {}})
+            if error:
+                tally["error"] += 1
+                tally["reasons"][reason] = tally["reasons"].get(reason, 0) + 1
+            else:
+                tally["success"] += 1
+            batch.append({
+                "run_id": "bench", "line": i + 1, "url": f"https://example.test/{i}",
+                "status": "error" if error else "success", "reason": reason, "detail": "",
+                "md5": None if error else md5s[i % images], "duplicate": i >= images,
+                "finished_at": START + timedelta(minutes=minute), "counted": True,
+            })
+        db[EVENTS].insert_many(batch)
+    db[MONITORING].insert_many([
+        {"minute": START + timedelta(minutes=minute), **tally}
+        for minute, tally in sorted(counters.items())
+    ])
+    db[RUNS].insert_one({"_id": "bench", "input": "urls.txt", "started_at": START,
+                         "finished_at": START + timedelta(minutes=minutes), "totals": {}})
+    return md5s
+
+
+@contextmanager
+def uvicorn_on(uri: str, db: str) -> Iterator[str]:
+    port = free_port()
+    env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": db, "PYTHONPATH": os.getcwd()}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "itm.api:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_until_up(base)
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def p50_ms(base: str, path: str, requests: int) -> float:
+    latencies = []
+    with httpx.Client(base_url=base, timeout=60) as http:
+        http.get(path)
+        for _ in range(requests):
+            started = time.perf_counter()
+            response = http.get(path)
+            latencies.append(time.perf_counter() - started)
+            response.raise_for_status()
+    return statistics.median(latencies) * 1000
+
+
+def events_scan_ms(db: Database) -> float:
+    """What ``GET /`` used to run for errors by reason: a scan of every event."""
+    started = time.perf_counter()
+    list(db[EVENTS].aggregate([
+        {"$match": {"status": "error"}},
+        {"$group": {"_id": "$reason", "count": {"$sum": 1}}},
+    ]))
+    return (time.perf_counter() - started) * 1000
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200, help="per route and database")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp)) as uri:
+        client = connect(uri)
+        for name, (events, images) in SIZES.items():
+            started = time.perf_counter()
+            generate(client[name], events, images)
+            print(f"{name}: {events:,} events, {images:,} images generated in "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        scans = {name: events_scan_ms(client[name]) for name in SIZES}
+        client.close()
+        p50s: dict[tuple[str, str], float] = {}
+        for name in SIZES:
+            with uvicorn_on(uri, name) as base:
+                for route in ROUTES:
+                    p50s[(name, route)] = p50_ms(base, route, args.requests)
+                    print(f"  {name:5} {route:26} p50 {p50s[(name, route)]:7.2f} ms", flush=True)
+    print("\nlarge / small p50 (target < 2):")
+    for route in ROUTES:
+        print(f"  {route:26} {p50s[('small', route)]:7.2f} ms -> {p50s[('large', route)]:7.2f} ms"
+              f"  x{p50s[('large', route)] / p50s[('small', route)]:.2f}")
+    print(f"  (the old dashboard's events scan: {scans['small']:.1f} ms -> "
+          f"{scans['large']:.1f} ms, x{scans['large'] / scans['small']:.0f})")
+
+
+if __name__ == "__main__":
+    main()

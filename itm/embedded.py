@@ -255,8 +255,51 @@ def _start_error(files: Files, server: subprocess.Popen[bytes], offset: int) -> 
             f"{_last_line(files.log, offset) or 'no message'} (see {files.log})")
 
 
-def supervise(data_dir: Path, port: int, start_timeout: float, grace: float) -> int:
-    """Start the server, tell the starting run, and stop the server once no run uses it."""
+def _spawn_server(files: Files, port: int) -> subprocess.Popen[bytes]:
+    files.storage.mkdir(parents=True, exist_ok=True)
+    with files.log.open("ab") as log:
+        return subprocess.Popen(
+            [find_command(), "--host", "127.0.0.1", "--port", str(port),
+             "--storage-path", str(files.storage), "--standalone", "--cache-size", "256M",
+             "--log-level", "WARNING"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=_dies_with(os.getpid()),
+        )
+
+
+def _wait_ready(
+    server: subprocess.Popen[bytes], files: Files, port: int, timeout: float, offset: int,
+    stop_asked: list[int],
+) -> str | None:
+    """None once the server answers a ping; else why it will not, in one line."""
+    deadline = time.monotonic() + timeout
+    client = connect(uri_of(port), timeout_ms=500)
+    try:
+        while True:
+            try:
+                client.admin.command("ping")
+                return None
+            except PyMongoError:
+                pass
+            if server.poll() is not None:
+                return _start_error(files, server, offset)
+            if stop_asked:
+                return "the embedded MongoDB was asked to stop while it started"
+            if time.monotonic() > deadline:
+                return f"embedded MongoDB did not answer within {timeout:.0f} s (see {files.log})"
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
+def supervise(
+    data_dir: Path, port: int, start_timeout: float, grace: float, start_lock: int
+) -> int:
+    """Start the server, tell the starting run, and stop the server once no run uses it.
+
+    ``start_lock`` is the starting run's locked ``embedded.lock``, inherited: the lock
+    stays held until the server is recorded, even if that run dies in the meantime.
+    """
     files = Files(data_dir)
     stop_asked: list[int] = []
 
@@ -265,45 +308,21 @@ def supervise(data_dir: Path, port: int, start_timeout: float, grace: float) -> 
 
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, ask_stop)
+    offset = files.log.stat().st_size if files.log.exists() else 0
     try:
-        command = find_command()
-        files.storage.mkdir(parents=True, exist_ok=True)
-        offset = files.log.stat().st_size if files.log.exists() else 0
-        with files.log.open("ab") as log:
-            server = subprocess.Popen(
-                [command, "--host", "127.0.0.1", "--port", str(port),
-                 "--storage-path", str(files.storage), "--standalone", "--cache-size", "256M",
-                 "--log-level", "WARNING"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_dies_with(os.getpid()),
-            )
+        server = _spawn_server(files, port)
     except (EmbeddedMongoError, OSError) as exc:
         _report(str(exc))
         return 1
     with files.lock.open("a") as lock, files.users.open("a") as users:
         try:
-            deadline = time.monotonic() + start_timeout
-            client = connect(uri_of(port), timeout_ms=500)
-            try:
-                while True:
-                    try:
-                        client.admin.command("ping")
-                        break
-                    except PyMongoError:
-                        pass
-                    if server.poll() is not None:
-                        _report(_start_error(files, server, offset))
-                        return 1
-                    if stop_asked or time.monotonic() > deadline:
-                        _report(f"embedded MongoDB did not answer within {start_timeout:.0f} s "
-                                f"(see {files.log})")
-                        return 1
-                    time.sleep(0.1)
-            finally:
-                client.close()
-            # The starting run holds the start lock until it has registered as a user.
+            error = _wait_ready(server, files, port, start_timeout, offset, stop_asked)
+            if error:
+                _report(error)
+                return 1
             State(port, Pid.of(os.getpid()), Pid.of(server.pid)).save(files.state)
             _report(READY)
+            os.close(start_lock)  # the starting run holds it until it has registered as a user
             while True:
                 time.sleep(POLL_SECONDS)
                 fcntl.flock(lock, fcntl.LOCK_EX)
@@ -325,8 +344,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--start-timeout", type=float, default=60.0)
     parser.add_argument("--grace", type=float, default=GRACE_SECONDS)
+    parser.add_argument("--start-lock-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    return supervise(args.data_dir, args.port, args.start_timeout, args.grace)
+    return supervise(
+        args.data_dir, args.port, args.start_timeout, args.grace, args.start_lock_fd
+    )
 
 
 # --- a run's side -----------------------------------------------------------------------------
@@ -377,7 +399,7 @@ class EmbeddedMongo:
             if state is not None and state.supervisor.alive():
                 self._join(state)
             else:
-                self._launch(state)
+                self._launch(state, lock)
             # Under the start lock: the supervisor cannot decide it is unused in between.
             self._users = self.files.users.open("a")
             fcntl.flock(self._users, fcntl.LOCK_SH)
@@ -406,9 +428,9 @@ class EmbeddedMongo:
         self.port, self.uri, self.joined = state.port, uri, True
         self._supervisor = state.supervisor
 
-    def _launch(self, stale: State | None) -> None:
+    def _launch(self, stale: State | None, lock: IO[str]) -> None:
         if stale is not None and stale.server.alive():
-            # Its supervisor died and nothing stopped it (no parent-death signal here).
+            # Its supervisor was killed; the parent-death SIGKILL may not have landed yet.
             os.kill(stale.server.pid, signal.SIGKILL)
             deadline = time.monotonic() + self.grace
             while stale.server.alive() and time.monotonic() < deadline:
@@ -418,9 +440,9 @@ class EmbeddedMongo:
             child = subprocess.Popen(
                 [sys.executable, "-m", "itm.embedded", "--data-dir", str(self.data_dir.resolve()),
                  "--port", str(self.port), "--start-timeout", str(self.start_timeout),
-                 "--grace", str(self.grace)],
+                 "--grace", str(self.grace), "--start-lock-fd", str(lock.fileno())],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
-                start_new_session=True, env=_child_env(),
+                start_new_session=True, env=_child_env(), pass_fds=(lock.fileno(),),
             )
         assert child.stdout is not None
         with child.stdout as answers:

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -109,14 +109,30 @@ def assert_all_gone(data_dir: Path, pids: list[Pid]) -> None:
     assert not (data_dir / "embedded.json").exists()
 
 
-def normal_run(data_dir: Path, urls: Path, lines: int) -> None:
+def normal_run(start: Callable[..., Run], data_dir: Path, urls: Path, lines: int) -> None:
     """The next run starts normally on the same data directory, and leaves nothing behind."""
-    run = Run(data_dir, urls, "--no-serve")
+    run = start(data_dir, urls, "--no-serve")
     assert run.wait() == 0, run.output
     assert "embedded MongoDB at mongodb://127.0.0.1:" in run.output
     assert "shared with another itm run" not in run.output
     assert re.search(rf"\b{lines} lines in ", run.output), run.output
     assert_all_gone(data_dir, [run.pid])
+
+
+@pytest.fixture
+def start() -> Iterator[Callable[..., Run]]:
+    """Starts runs; one still alive when the test ends (it failed) gets SIGKILL."""
+    runs: list[Run] = []
+
+    def start(data_dir: Path, urls: Path, *flags: str) -> Run:
+        runs.append(Run(data_dir, urls, *flags))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        if run.process.poll() is None:
+            run.signal(signal.SIGKILL, pause=0)
+            run.wait()
 
 
 @pytest.fixture
@@ -130,35 +146,37 @@ SLOW = ("--concurrency", "1", "--batch-size", "1")
 
 
 def test_two_runs_share_one_server_and_the_last_one_out_stops_it(
-    tmp_path: Path, urls: Path
+    tmp_path: Path, urls: Path, start: Callable[..., Run]
 ) -> None:
     data_dir = tmp_path / "itm"
-    first = Run(data_dir, urls, "--serve", "--port", str(free_port()))
+    first = start(data_dir, urls, "--serve", "--port", str(free_port()))
     first.wait_for("Ctrl-C to stop.")
     known = server_pids(data_dir)
     uri = re.search(r"embedded MongoDB at (\S+)", first.output).group(1)
     port = free_port()
-    second = Run(data_dir, urls, "--serve", "--port", str(port), *SLOW)
+    second = start(data_dir, urls, "--serve", "--port", str(port), *SLOW)
     second.wait_for("itm: run ")
     assert f"embedded MongoDB at {uri} " in second.output
     assert "shared with another itm run" in second.output
 
-    first.signal(signal.SIGINT, signal.SIGINT)  # Ctrl-C twice while serving
-    assert first.wait() in (0, 130), first.output
-    assert "Traceback" not in first.output
-    assert all(pid.alive() for pid in known), "the server died with its first run"
+    first.signal(signal.SIGKILL)  # the run that started the server, killed while serving
+    first.wait()
     second.wait_for("Ctrl-C to stop.")  # its job went on to the end on the same server
     assert re.search(r"\b20 lines in ", second.output), second.output
+    assert all(pid.alive() for pid in known), "the server died with the run that started it"
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
-        assert reply.status == 200
+        assert reply.status == 200  # the API answers only when MongoDB does
 
-    second.signal(signal.SIGKILL)  # the last one out, killed while serving
-    second.wait()
+    second.signal(signal.SIGINT, signal.SIGINT)  # the last one out: Ctrl-C twice while serving
+    assert second.wait() in (0, 130), second.output
+    assert "Traceback" not in second.output
     assert_all_gone(data_dir, [*known, first.pid, second.pid])
-    normal_run(data_dir, urls, 20)
+    normal_run(start, data_dir, urls, 20)
 
 
-def test_signals_during_the_job_leave_no_process(tmp_path: Path, urls: Path) -> None:
+def test_signals_during_the_job_leave_no_process(
+    tmp_path: Path, urls: Path, start: Callable[..., Run]
+) -> None:
     data_dir = tmp_path / "itm"
     sequences = {
         "Ctrl-C twice": (signal.SIGINT, signal.SIGINT),
@@ -166,7 +184,7 @@ def test_signals_during_the_job_leave_no_process(tmp_path: Path, urls: Path) -> 
         "SIGKILL": (signal.SIGKILL,),
     }
     for name, signums in sequences.items():
-        run = Run(data_dir, urls, "--no-serve", *SLOW)
+        run = start(data_dir, urls, "--no-serve", *SLOW)
         run.wait_for("itm: run ")
         known = server_pids(data_dir)
         run.signal(*signums)
@@ -174,13 +192,13 @@ def test_signals_during_the_job_leave_no_process(tmp_path: Path, urls: Path) -> 
         assert_all_gone(data_dir, [*known, run.pid])
 
     # SIGKILL at start: the supervisor is starting the server for a run that is gone.
-    run = Run(data_dir, urls, "--no-serve")
+    run = start(data_dir, urls, "--no-serve")
     wait_until(lambda: "itm.embedded" in " ".join(processes_of(data_dir).values()),
                "the supervisor to start")
     run.signal(signal.SIGKILL)
     run.wait()
     assert_all_gone(data_dir, [run.pid])
-    normal_run(data_dir, urls, 20)
+    normal_run(start, data_dir, urls, 20)
 
 
 # --- the same lifecycle in process: no Ray needed -----------------------------------------------
@@ -229,12 +247,12 @@ def test_a_dead_supervisor_or_a_hung_server_is_recovered_from(tmp_path: Path) ->
 
 
 def test_a_failure_to_start_says_in_one_line_what_holds_the_data(
-    tmp_path: Path, urls: Path
+    tmp_path: Path, urls: Path, start: Callable[..., Run]
 ) -> None:
     data_dir = tmp_path / "itm"
 
     def failure() -> str:
-        run = Run(data_dir, urls, "--no-serve")
+        run = start(data_dir, urls, "--no-serve")
         assert run.wait() == 1
         (line,) = run.output.strip().splitlines()  # one line, no traceback
         return line

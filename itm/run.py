@@ -118,7 +118,9 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     except KeyboardInterrupt:
         print("\nitm: stopping the API")
     finally:
-        serve.shutdown()
+        # A second Ctrl-C cuts this short: the job is done, and stopping Ray stops Serve too.
+        with contextlib.suppress(KeyboardInterrupt):
+            serve.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,8 +136,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             mongo_uri = settings.mongo_uri
             if mongo_uri is None:
-                mongo_uri = stack.enter_context(EmbeddedMongo(settings.data_dir))
-                print(f"itm: embedded MongoDB at {mongo_uri} (data in {settings.data_dir}/mongo)")
+                embedded = EmbeddedMongo(settings.data_dir)
+                mongo_uri = stack.enter_context(embedded)
+                shared = ", shared with another itm run" if embedded.joined else ""
+                print(f"itm: embedded MongoDB at {mongo_uri} "
+                      f"(data in {settings.data_dir}/mongo{shared})")
             check_mongo(mongo_uri)
             dashboard = None
             if not ray.is_initialized():  # a caller (a test, a notebook) may have done it

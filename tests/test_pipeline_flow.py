@@ -15,7 +15,7 @@ from pymongo.database import Database
 from itm import pipeline
 from itm.config import Settings
 from itm.pipeline import Downloaded, _chunks, groups, run_batches
-from itm.run import read_lines
+from itm.lines import read_lines
 from itm.writer import WriterActor
 from tests.conftest import write_urls
 from tests.servers import FaultServer

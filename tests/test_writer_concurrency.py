@@ -25,7 +25,7 @@ from itm.config import Settings
 from itm.errors import Failure
 from itm.imaging import GrayImage
 from itm.pipeline import run_batches
-from itm.run import read_lines
+from itm.lines import read_lines
 from itm.urls import MAX_URL_LENGTH
 from itm.writer import Counts, MongoWriter, WriterActor, _bulk
 from tests.conftest import run_itm, write_urls

@@ -14,8 +14,8 @@ from pymongo.database import Database
 
 from itm import pipeline
 from itm.config import Settings
-from itm.pipeline import Downloaded, _chunks, groups, run_batches
 from itm.lines import read_lines
+from itm.pipeline import Downloaded, _chunks, groups, run_batches
 from itm.writer import WriterActor
 from tests.conftest import write_urls
 from tests.servers import FaultServer

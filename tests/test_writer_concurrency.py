@@ -24,8 +24,8 @@ from itm import store
 from itm.config import Settings
 from itm.errors import Failure
 from itm.imaging import GrayImage
-from itm.pipeline import run_batches
 from itm.lines import read_lines
+from itm.pipeline import run_batches
 from itm.urls import MAX_URL_LENGTH
 from itm.writer import Counts, MongoWriter, WriterActor, _bulk
 from tests.conftest import run_itm, write_urls

@@ -58,9 +58,10 @@ def to_utc(moment: datetime) -> datetime:
         return EARLIEST if moment.year == 1 else LATEST
 
 
-def floor_minute(moment: datetime) -> datetime:
-    """The UTC minute that contains ``moment``."""
-    return to_utc(moment).replace(second=0, microsecond=0)
+def floor_minute(moment: datetime, width: timedelta = MINUTE) -> datetime:
+    """The UTC minute that contains ``moment`` (tests of the writer pass a shorter ``width``)."""
+    moment = to_utc(moment)
+    return moment - (moment - EARLIEST) % width
 
 
 def _clamp(minute: datetime) -> datetime:

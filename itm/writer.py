@@ -54,6 +54,7 @@ from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.errors import Failure
+from itm.histogram import floor_minute
 from itm.imaging import GrayImage
 from itm.lineset import LineSet
 from itm.urls import MAX_URL_LENGTH
@@ -64,7 +65,6 @@ Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
 STORAGE_ERROR = "storage_error"
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 # What a counted event needs, when it is read back.
 EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
                 "finished_at": 1, "batch": 1}
@@ -155,10 +155,6 @@ class MongoWriter:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    def _minute_of(self, moment: datetime) -> datetime:
-        """The UTC minute (or test bucket) that contains ``moment``."""
-        return moment - (moment - EPOCH) % self.minute
-
     # -- runs ---------------------------------------------------------------------------
 
     def start_run(self, run_id: str, source: str, resume: bool,
@@ -200,9 +196,9 @@ class MongoWriter:
         def numbers() -> Iterable[int]:
             nonlocal minute, tallies
             for event in self._events_by_line(run_id):
-                if self._minute_of(event["finished_at"]) != minute:  # runs are mostly in order
-                    minute = self._minute_of(event["finished_at"])
-                    tallies = self._tallies_of(minute)
+                this = floor_minute(event["finished_at"], self.minute)
+                if this != minute:  # runs are mostly in line order: one read per minute
+                    minute, tallies = this, self._tallies_of(this)
                 # Tallies of writers before this protocol were strings, counted by their own.
                 if isinstance(event.get("tally"), ObjectId) and event["tally"] not in tallies:
                     missing.setdefault(event["tally"], event["line"])
@@ -296,7 +292,7 @@ class MongoWriter:
             for event in {event["tally"]: event for event in found}.values():
                 if event["tally"] != tally:
                     self._settle(run_id, event)
-        self._add(tally, self._minute_of(now), mine)
+        self._add(tally, floor_minute(now, self.minute), mine)
         return Counts.of_events(stored)
 
     def _insert_events(self, events: list[dict]) -> tuple[list[dict], set[int]]:
@@ -324,7 +320,7 @@ class MongoWriter:
         and it is complete: every line of its batch has an event, so none can still come."""
         if not isinstance(event.get("tally"), ObjectId):
             return  # a writer before this protocol (string tallies) counted its events itself
-        minute = self._minute_of(event["finished_at"])
+        minute = floor_minute(event["finished_at"], self.minute)
         if event["tally"] in self._tallies_of(minute):
             return
         in_batch = list(self.db[store.EVENTS].find(

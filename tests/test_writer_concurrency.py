@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from pymongo.database import Database
 from itm import store
 from itm.config import Settings
 from itm.errors import Failure
+from itm.histogram import floor_minute
 from itm.imaging import GrayImage
 from itm.lines import read_lines
 from itm.pipeline import run_batches
@@ -92,8 +94,7 @@ def test_concurrent_jobs_on_one_database_keep_counters_exact(
     assert_consistent(db, {f"job{n}": lines for n in range(jobs)})
     assert db.monitoring.count_documents({}) >= 2
     # The jobs did overlap: some minutes hold lines of every job.
-    writer = MongoWriter(mongo_uri, db.name, minute_seconds=MINUTE)
-    minutes_of = [{writer._minute_of(event["finished_at"])
+    minutes_of = [{floor_minute(event["finished_at"], timedelta(seconds=MINUTE))
                    for event in db.events.find({"run_id": f"job{n}"})} for n in range(jobs)]
     assert set.intersection(*minutes_of)
 

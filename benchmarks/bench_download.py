@@ -1,7 +1,8 @@
 """Per-URL cost of itm's downloader against the requests session it replaced, on loopback.
 
 Both fetch the canonical input's lines (a 302, then a JPEG; some 404 and 400) from a
-local picsum-like server in its own process, with keep-alive connections: one thread
+local picsum-like server of real photographs (`tests/photo_server.py`, JPEG q85 at
+the requested size) in its own process, with keep-alive connections: one thread
 (the pure per-URL cost) and 16 threads (one download batch). Rounds alternate the
 two, so that the machine's noise hits both alike; the medians are compared.
 
@@ -25,7 +26,8 @@ from requests.adapters import HTTPAdapter
 from itm.config import Settings
 from itm.download import fetch
 from itm.errors import Failure
-from tests.servers import PicsumServer, picsum_lines
+from tests.photo_server import PhotoServer
+from tests.servers import picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 # The server is on loopback: opted in to private addresses, explicitly.
@@ -33,8 +35,9 @@ SETTINGS = Settings(allow_private_addresses=True)
 
 
 def serve_picsum(urls: multiprocessing.Queue) -> None:
-    """The image server in its own process, so that it does not share this one's GIL."""
-    with PicsumServer(photos=20, deterministic=True) as server:
+    """The image server (real photos, JPEG q85 at the requested size) in its own process,
+    so that it does not share this one's GIL."""
+    with PhotoServer() as server:
         urls.put(server.url)
         threading.Event().wait()
 

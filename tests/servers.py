@@ -84,6 +84,7 @@ def photo(seed: int, width: int, height: int) -> Image.Image:
 class PicsumHandler(Handler):
     def do_GET(self) -> None:
         server: PicsumServer = self.server.owner
+        server.open.wait(30)  # bounded: a test that forgets to reopen still ends
         if server.latency:
             time.sleep(server.latency)
         parts = self.path.strip("/").split("/")
@@ -107,7 +108,8 @@ class PicsumServer(LocalServer):
     """picsum.photos on loopback, with ``latency`` seconds added to every response.
 
     ``deterministic``: a path always gets the same photo, so that two runs of one
-    input store exactly the same images.
+    input store exactly the same images. Clearing ``open`` holds every response until
+    it is set again: a test can stall a job at a chosen point.
     """
 
     def __init__(self, photos: int = 20, latency: float = 0.0, seed: int = 0,
@@ -116,6 +118,8 @@ class PicsumServer(LocalServer):
         self.photos = photos
         self.latency = latency
         self.deterministic = deterministic
+        self.open = threading.Event()
+        self.open.set()
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._cache: dict[tuple[int, int, int], bytes] = {}

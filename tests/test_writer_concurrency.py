@@ -12,6 +12,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -69,10 +70,13 @@ def mixed_lines(base: str, count: int, seed: int) -> list[str]:
             for _ in range(count)]
 
 
-def job(mongo_uri: str, db: str, run_id: str, urls: Path, resume: bool = False) -> Counts:
-    """What ``run_job`` does, with a short minute."""
+def job(mongo_uri: str, db: str, run_id: str, urls: Path, resume: bool = False,
+        started: Callable[[], None] = lambda: None) -> Counts:
+    """What ``run_job`` does, with a short minute; ``started`` is called once the run's
+    done lines are known."""
     writer = WriterActor.remote(mongo_uri, db, 60.0, MINUTE)
     done = ray.get(writer.start_run.remote(run_id, str(urls), resume))
+    started()
     counts = run_batches(read_lines(urls, done), writer, run_id, SETTINGS)
     ray.get(writer.finish_run.remote(run_id))
     return counts
@@ -109,7 +113,10 @@ def test_a_resume_racing_the_live_writer_of_its_run(
         while db.events.count_documents({"run_id": "race"}) < 300:
             assert not live.done()
             time.sleep(0.05)
-        resumed = job(mongo_uri, db.name, "race", urls, resume=True)
+        # The live job stalls at the server until the resume knows its done lines, so
+        # that lines are left for both to race on, however fast the machine.
+        server.open.clear()
+        resumed = job(mongo_uri, db.name, "race", urls, resume=True, started=server.open.set)
         assert live.result().lines == lines
     assert 0 < resumed.lines < lines
     assert_consistent(db, {"race": lines})

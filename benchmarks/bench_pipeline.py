@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -175,17 +176,19 @@ def _kind(cmdline: list[str], root: bool) -> str:
         return "driver"
     if _is_ray_worker(cmdline):
         return "ray workers"
-    for name in ("raylet", "gcs_server", "dashboard", "runtime_env", "log_monitor", "monitor.py"):
-        if name in text:
+    for name in ("raylet", "gcs_server", "dashboard", "Agent", "log_monitor", "monitor.py"):
+        if name in text:  # "Agent": ray::DashboardAgent, ray::RuntimeEnvAgent
             return "ray services"
+    if "secantusd" in text or "itm.embedded" in text:
+        return "embedded MongoDB"
     return "pool processes" if "multiprocessing" in text or "bench_pipeline" in text else "other"
 
 
-def measure(command: list[str], env: dict[str, str]) -> Measure:
+def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measure:
     result = Measure()
     started = time.perf_counter()
     errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read after the process ends)
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=errors, text=True, start_new_session=True)
     reader = threading.Thread(target=lambda: result.stdout.extend(
         (time.perf_counter() - started, line.rstrip()) for line in proc.stdout), daemon=True)
@@ -237,6 +240,32 @@ def photo_server(latency: float, prewarm: Path, drip_seconds: float = 60.0) -> I
         server.wait(30)
 
 
+# ``python -m itm.run`` as a user runs it, plus two lines on stdout that mark its phases:
+# when its imports are done, and when ``ray.init`` returns (any itm checkout: --itm-root).
+ITM_COMMAND = """\
+import sys, ray, itm.run
+print("bench: itm imported", flush=True)
+init = ray.init
+def timed_init(*args, **kwargs):
+    try:
+        return init(*args, **kwargs)
+    finally:
+        print("bench: ray.init returned", flush=True)
+ray.init = timed_init
+sys.exit(itm.run.main(sys.argv[1:]))
+"""
+# The phases of an itm run, in order: each ends at the stdout line starting with its
+# text ("services": Ray and MongoDB both ready; "first": the first stored line).
+MARKS = {"imports": ("bench: itm imported",), "ray": ("bench: ray.init returned",),
+         "services": ("bench: ray.init returned", "itm: embedded MongoDB at"),
+         "writer": ("itm: run ",), "summary": ("run ",)}
+SEGMENTS = (  # (label, phase it starts after, phase it ends with)
+    ("imports", None, "imports"), ("Ray + MongoDB", "imports", "services"),
+    ("writer", "services", "writer"), ("first line", "writer", "first"),
+    ("rest of job", "first", "summary"), ("stop", "summary", "exit"),
+)
+
+
 @dataclass
 class Result:
     name: str
@@ -254,6 +283,23 @@ class Result:
                 f"{self.first_result:5.1f} s  steady {self.steady:6.0f} lines/s  CPU "
                 f"{self.measure.cpu_total:5.1f} s ({cpu})  Ray workers {self.measure.workers}")
 
+    def phases(self) -> dict[str, float]:
+        """When each phase of an itm run ended, in seconds from the process start."""
+        ends = {"first": self.first_result, "exit": self.measure.wall}
+        for phase, starts in MARKS.items():
+            seen = [t for t, line in self.measure.stdout if line.startswith(starts)]
+            ends[phase] = max(seen, default=float("nan"))  # each line comes once
+        return ends
+
+    def segments(self) -> dict[str, float]:
+        ends = self.phases()
+        return {label: ends[end] - (ends[start] if start else 0.0)
+                for label, start, end in SEGMENTS}
+
+    def phase_row(self) -> str:
+        return "              phases (s): " + ", ".join(
+            f"{label} {seconds:.1f}" for label, seconds in self.segments().items())
+
 
 def _finished(db: Database) -> list[datetime]:
     return sorted(e["finished_at"] for e in db.events.find({}, {"finished_at": 1}))
@@ -265,48 +311,101 @@ def steady_rate(times: list[datetime]) -> float:
     return (len(times) * 8 // 10) / seconds if seconds > 0 else float("inf")
 
 
-def run(name: str, urls: Path, uri: str, db: Database, extra: tuple[str, ...] = (),
-        itm_root: Path = ROOT) -> Result:
-    db.client.drop_database(db.name)
+def run(name: str, urls: Path, uri: str | None, db: Database | str,
+        extra: tuple[str, ...] = (), itm_root: Path = ROOT, data_dir: Path | None = None
+        ) -> Result:
+    """One pipeline as its own process, on a fresh database ``db`` of the server at
+    ``uri``; itm alone may instead run on the embedded server of ``data_dir``
+    (``uri`` None, ``db`` a name), which the benchmark then opens to read the events."""
+    if isinstance(db, Database):
+        db.client.drop_database(db.name)
+    db_name = db if isinstance(db, str) else db.name
     env = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1", "PYTHONPATH": str(ROOT)}
     if name == "itm":
         env["PYTHONPATH"] = str(itm_root)
-        command = [sys.executable, "-m", "itm.run", "--no-serve", "--urls", str(urls),
-                   "--mongo-uri", uri, "--db", db.name, *extra]
+        where = ("--mongo-uri", uri) if uri else ("--data-dir", str(data_dir))
+        command = [sys.executable, "-c", ITM_COMMAND, "--no-serve", "--urls", str(urls),
+                   *where, "--db", db_name, *extra]
     else:
         command = [sys.executable, "-m", "benchmarks.bench_pipeline", "--pipeline", name,
-                   "--urls", str(urls), "--mongo-uri", uri, "--db", db.name]
+                   "--urls", str(urls), "--mongo-uri", uri, "--db", db_name]
     started = datetime.now(timezone.utc)
-    measured = measure(command, env)
+    # Python puts the working directory first on sys.path: itm runs from its own checkout.
+    measured = measure(command, env, itm_root if name == "itm" else ROOT)
     job = None
     for _, line in measured.stdout:
         if match := re.match(r"run \S+: (\d+) lines in ([\d.]+) s", line):
             job = float(match.group(2))
-    times = _finished(db)
+    if isinstance(db, Database):
+        times = _finished(db)
+    else:
+        with EmbeddedMongo(data_dir) as embedded_uri:
+            client = connect(embedded_uri)
+            times = _finished(client[db_name])
+            client.close()
     first = (times[0] - started).total_seconds() if times else float("nan")
     return Result(name, measured, job, len(times), steady_rate(times), first)
+
+
+@contextmanager
+def served_input(lines: list[str], latency: float, tmp: Path) -> Iterator[Path]:
+    """An input file of ``lines`` pointed at the photo server, which runs meanwhile."""
+    prewarm = tmp / "paths.txt"
+    prewarm.write_text("\n".join(lines) + "\n")
+    with photo_server(latency, prewarm) as base:
+        urls = tmp / "urls.txt"
+        urls.write_text("\n".join(line.replace("https://picsum.photos", base)
+                                  for line in lines) + "\n")
+        yield urls
 
 
 def scenario(title: str, lines: list[str], latency: float, uri: str, tmp: Path,
              names: tuple[str, ...], extra: tuple[str, ...] = (),
              itm_root: Path = ROOT) -> dict[str, Result]:
-    prewarm = tmp / "paths.txt"
-    prewarm.write_text("\n".join(lines) + "\n")
     results = {}
     print(f"\n{title}: {len(lines)} lines, {latency * 1000:.0f} ms per response", flush=True)
-    with photo_server(latency, prewarm) as base:
-        urls = tmp / "urls.txt"
-        urls.write_text("\n".join(line.replace("https://picsum.photos", base)
-                                  for line in lines) + "\n")
+    with served_input(lines, latency, tmp) as urls:
         client = connect(uri)
         for name in names:
             results[name] = run(name, urls, uri, client[f"bench_{name}"], extra, itm_root)
             print(results[name].row(), flush=True)
-            phases = [f"{line[:40]}… at {t:.1f} s" for t, line in results[name].measure.stdout
-                      if line.startswith(("itm: run", "run "))]
-            if phases:
-                print("              " + "; ".join(phases), flush=True)
+            if name == "itm":
+                print(results[name].phase_row(), flush=True)
     return results
+
+
+def startup(tmp: Path, rounds: int, itm_root: Path) -> None:
+    """``python -m itm.run --no-serve`` as a user runs it (its embedded server included),
+    phase by phase: this checkout against ``itm_root`` if another, alternately."""
+    sides = {"before": itm_root, "after": ROOT} if itm_root.resolve() != ROOT else {"itm": ROOT}
+    results: dict[str, list[Result]] = {side: [] for side in sides}
+    print(f"\nstart and stop: {len(LINES)} lines, 0 ms, embedded MongoDB, {rounds} rounds",
+          flush=True)
+    with served_input(LINES, 0.0, tmp) as urls:
+        for round_ in range(rounds):
+            for side, root in sides.items():
+                result = run("itm", urls, None, f"startup_{round_}", itm_root=root,
+                             data_dir=tmp / f"data-{side}")
+                results[side].append(result)
+                print(f"  {side:6s} {result.row().strip()}\n{result.phase_row()}", flush=True)
+    medians = {}
+    for side, runs in results.items():
+        segments = {label: statistics.median(r.segments()[label] for r in runs)
+                    for label, _, _ in SEGMENTS}
+        segments["before the first line"] = statistics.median(r.first_result for r in runs)
+        segments["whole process"] = statistics.median(r.measure.wall for r in runs)
+        kinds = sorted({kind for r in runs for kind in r.measure.cpu})
+        cpu = {f"CPU {kind}": statistics.median(r.measure.cpu.get(kind, 0.0) for r in runs)
+               for kind in kinds}
+        cpu["CPU total"] = statistics.median(r.measure.cpu_total for r in runs)
+        medians[side] = segments | cpu
+        print(f"  median {side}: " + ", ".join(f"{k} {v:.2f} s" for k, v in medians[side].items())
+              + f"; Ray workers {[r.measure.workers for r in runs]}")
+    if len(sides) == 2:
+        before, after = medians["before"], medians["after"]
+        print("  after / before: " + ", ".join(
+            f"{key} {after[key] / before[key]:.2f}" for key in before
+            if key in after and before[key] > 0.05))
 
 
 def drip(uri: str, tmp: Path, deadline: float, itm_root: Path) -> None:
@@ -375,7 +474,9 @@ def report(results: dict[str, dict[str, Result]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="*", default=["0ms", "100ms", "10k"],
-                        choices=["0ms", "100ms", "10k", "drip"])
+                        choices=["0ms", "100ms", "10k", "drip", "startup"])
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of each side in the startup scenario (median)")
     parser.add_argument("--sequential-100ms", action="store_true",
                         help="also run the sequential loop at 100 ms (over two minutes)")
     parser.add_argument("--drip-deadline", type=float, default=10.0)
@@ -405,6 +506,8 @@ def main() -> None:
                                       itm_root=args.itm_root)
         if "drip" in args.only:
             drip(uri, tmp, args.drip_deadline, args.itm_root)
+        if "startup" in args.only:
+            startup(tmp, args.rounds, args.itm_root)
     report(results)
 
 

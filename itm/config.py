@@ -46,7 +46,10 @@ class Settings:
         2.0, "seconds the reads of one API request may take in MongoDB (sent as maxTimeMS): "
         "past it the request is a 503, never a hung one"
     )
-    dashboard: bool = _opt(True, "start the Ray dashboard (port 8265) with a local Ray")
+    dashboard: bool | None = _opt(
+        None, "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "
+        "(a --no-serve run starts ~2 s faster without it and the Ray services it needs)"
+    )
     resume: str | None = _opt(
         None, "run id to resume: lines that already have an outcome are skipped"
     )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
+from collections.abc import Iterator
 
 import ray
+import ray._private.node
+import ray._private.utils
 from ray._private import ray_constants
 from ray.client_builder import BaseContext
 
@@ -25,6 +30,55 @@ LOCAL_ENV = {
 # gets the same from `ray start --system-config` (see cluster.yaml).
 LOCAL_SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": 3_600_000}
 
+# The driver's Ray logger: warnings only; itm prints its own line on the Ray it uses.
+QUIET = logging.WARNING
+
+
+class _LeanNode(ray._private.node.Node):
+    """A local Ray head without the services that a run without dashboard never uses.
+
+    ``ray.init`` starts them whatever its arguments, each a Python process that pays
+    ~1-1.5 s of CPU importing Ray: the autoscaler monitor (one laptop never scales),
+    the log monitor (it streams worker logs to drivers; ours asks for none), and a
+    dashboard head even with ``include_dashboard=False`` (it then only reports usage
+    stats, which ``LOCAL_ENV`` turns off), which ``ray.init`` waits for. Ray 2.60's
+    ``Node`` starts each in its own method.
+    """
+
+    def start_monitor(self) -> None:
+        pass
+
+    def start_log_monitor(self) -> None:
+        pass
+
+    def start_api_server(self, *, include_dashboard: bool | None, raise_on_failure: bool) -> None:
+        pass
+
+
+def _as_minimal_install() -> ImportError:
+    """Ray's test for its dashboard packages, answered as a minimal ``pip install ray``.
+
+    The raylet then starts its dashboard agent in minimal mode: no metrics server
+    and no agent modules, so it is up at once, where the full agent (~2 s of CPU)
+    holds the raylet's registration, hence ``ray.init``, until it serves. The driver
+    also skips importing aiohttp and OpenTelemetry (~0.7 s) to find the answer.
+    Metrics (``itm_lines_total``) are then not exported: nothing scrapes them
+    without a dashboard.
+    """
+    return ImportError("itm: a local Ray without dashboard runs its agent minimal")
+
+
+@contextlib.contextmanager
+def _lean_node() -> Iterator[None]:
+    """While ``ray.init`` starts a local Ray: a ``_LeanNode``, its dashboard agent minimal."""
+    saved = ray._private.node.Node, ray._private.utils.get_dashboard_dependency_error
+    ray._private.node.Node = _LeanNode
+    ray._private.utils.get_dashboard_dependency_error = _as_minimal_install
+    try:
+        yield
+    finally:
+        ray._private.node.Node, ray._private.utils.get_dashboard_dependency_error = saved
+
 
 def init_ray(
     address: str | None, dashboard: bool = True, num_cpus: int | None = None
@@ -36,7 +90,7 @@ def init_ray(
     """
     if address:
         _check_reachable(address)
-        return _dashboard(ray.init(address=address, log_to_driver=False))
+        return _dashboard(ray.init(address=address, log_to_driver=False, logging_level=QUIET))
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
     # Ray read this variable when it was imported, before we could set it; its
@@ -44,14 +98,16 @@ def init_ray(
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
     # address="local": always a new Ray of our own, never one that a `ray start` or a
     # test cluster left recorded in /tmp/ray (that is what --ray-address auto is for).
-    return _dashboard(ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        _system_config=LOCAL_SYSTEM_CONFIG,
-    ))
+    with contextlib.nullcontext() if dashboard else _lean_node():
+        return _dashboard(ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+            logging_level=QUIET,
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        ))
 
 
 def _dashboard(context: BaseContext) -> str | None:

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import ray
@@ -123,6 +124,79 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
             serve.shutdown()
 
 
+class Services:
+    """MongoDB and Ray for one run, started side by side and stopped side by side.
+
+    The embedded server (when no URI is given) starts, and any MongoDB is pinged, in
+    a thread while Ray starts in this one (``ray.init`` must run in the main thread);
+    at the end it stops in that thread while Ray stops here. Each side takes seconds.
+    A Ray that a caller (a test, a notebook) started is used, and left running.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.embedded = EmbeddedMongo(settings.data_dir) if settings.mongo_uri is None else None
+        self.mongo = ThreadPoolExecutor(1, thread_name_prefix="itm-mongo")  # start, then stop
+        self.our_ray = False
+        self.mongo_uri = ""
+        self.dashboard: str | None = None
+
+    def __enter__(self) -> Services:
+        try:
+            ready = self.mongo.submit(self._open_mongo)
+            if not ray.is_initialized():
+                self._start_ray()
+            self.mongo_uri = ready.result()
+            if self.embedded is not None:
+                shared = ", shared with another itm run" if self.embedded.joined else ""
+                print(f"itm: embedded MongoDB at {self.mongo_uri} "
+                      f"(data in {self.settings.data_dir}/mongo{shared})")
+            if self.our_ray:
+                print(f"itm: {ray_summary(self.settings.ray_address, self.dashboard)}")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _open_mongo(self) -> str:
+        uri = self.embedded.start() if self.embedded is not None else self.settings.mongo_uri
+        check_mongo(uri)
+        return uri
+
+    def _start_ray(self) -> None:
+        settings = self.settings
+        dashboard = settings.serve if settings.dashboard is None else settings.dashboard
+        if settings.serve and settings.ray_address is None:
+            from itm.serving import apply_serve_env  # heavy: only when serving
+
+            apply_serve_env(settings)  # read by Serve's processes as they start
+        try:
+            self.dashboard = init_ray(settings.ray_address, dashboard)
+        except ConnectionError as exc:
+            raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
+        self.our_ray = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.embedded is not None:
+            self.mongo.submit(self.embedded.stop)  # after its start, if that still runs
+        try:
+            if self.our_ray:
+                self.our_ray = False
+                ray.shutdown()
+        finally:
+            self.mongo.shutdown(wait=True)
+
+
+def ray_summary(address: str | None, dashboard: str | None) -> str:
+    """One line on the Ray the run uses: which, how many CPUs, where its dashboard is."""
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if address:
+        return f"joined the Ray cluster at {address}: {cpus} CPUs" + (
+            f", dashboard {dashboard}" if dashboard else "")
+    return f"started a local Ray: {cpus} CPUs, " + (
+        f"dashboard {dashboard}" if dashboard else "no dashboard (--dashboard starts one)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_args(argv)
@@ -133,33 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if not settings.urls.is_file():
             raise JobError(f"input file not found: {settings.urls}")
-        with contextlib.ExitStack() as stack:
-            mongo_uri = settings.mongo_uri
-            if mongo_uri is None:
-                embedded = EmbeddedMongo(settings.data_dir)
-                mongo_uri = stack.enter_context(embedded)
-                shared = ", shared with another itm run" if embedded.joined else ""
-                print(f"itm: embedded MongoDB at {mongo_uri} "
-                      f"(data in {settings.data_dir}/mongo{shared})")
-            check_mongo(mongo_uri)
-            dashboard = None
-            if not ray.is_initialized():  # a caller (a test, a notebook) may have done it
-                if settings.serve and settings.ray_address is None:
-                    from itm.serving import apply_serve_env  # heavy: only when serving
-
-                    apply_serve_env(settings)  # read by Serve's processes as they start
-                try:
-                    dashboard = init_ray(
-                        settings.ray_address, settings.dashboard and settings.serve
-                    )
-                except ConnectionError as exc:
-                    raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
-                stack.callback(ray.shutdown)
-            totals, seconds = run_job(settings, mongo_uri, run_id)
+        with Services(settings) as services:
+            totals, seconds = run_job(settings, services.mongo_uri, run_id)
             print(summary(run_id, totals, seconds))
             if settings.serve:
                 serve_until_interrupted(
-                    dataclasses.replace(settings, mongo_uri=mongo_uri), dashboard
+                    dataclasses.replace(settings, mongo_uri=services.mongo_uri),
+                    services.dashboard,
                 )
         return 0
     except (JobError, EmbeddedMongoError, MongoUnavailable) as exc:

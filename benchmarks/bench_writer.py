@@ -128,7 +128,7 @@ def main() -> None:
         client = store.connect(uri)
         print(f"{args.lines} lines a run, {args.rounds} rounds; lines/s, median round")
         print("batch  direct lines/s  writer lines/s  ratio  commands/batch direct  writer")
-        for size in (16, 64):
+        for size in (16, 32, 64):  # 32: the default --batch-size
             batches = make_batches(args.lines, size)
             ratios, speeds, commands = [], [], {}
             for round_ in range(args.rounds):

@@ -15,6 +15,10 @@ Nothing is left to the server:
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
   from another URL goes into a request.
 
+- with a ``HostGate`` (``--per-host``), each hop first takes a token of its host,
+  waiting within the deadline, and gives it back when it leaves that host: by a
+  redirect elsewhere, an answer read, a failure (``itm.politeness``).
+
 Every way a download can fail ends as one ``Failure`` with a stable ``reason``.
 Connections are pooled per process, keep-alive, and reused across URLs of the
 same host only when pinned to an address this hop checked. Thread-safe.
@@ -29,6 +33,7 @@ import http.client
 import ipaddress
 import itertools
 import os
+import secrets
 import select
 import socket
 import ssl
@@ -36,6 +41,7 @@ import threading
 import time
 import zlib
 from datetime import datetime, timezone
+from typing import Protocol
 from urllib.parse import urljoin
 
 import certifi
@@ -67,15 +73,31 @@ class _Transient(Exception):
         self.wait = wait
 
 
-def fetch(line: str, settings: Settings) -> bytes:
+class HostGate(Protocol):
+    """Per-host tokens shared by every download of the run (``itm.host_gate``)."""
+
+    per_host: int
+
+    def take(self, ticket: int, host: str, seconds: float, status: int | None,
+             retry_after: float | None) -> bool:
+        """Wait up to ``seconds`` for a token of ``host``; False if none came. Gives back
+        the token ``ticket`` held until now, reporting that host's last answer."""
+
+    def give_back(self, ticket: int, status: int | None, retry_after: float | None) -> None:
+        """Release the token ``ticket`` holds, reporting its host's last answer."""
+
+
+def fetch(line: str, settings: Settings, gate: HostGate | None = None) -> bytes:
     """The body of the URL on ``line``, or raise ``Failure``.
 
     Retries only transient faults (connection errors, 429, 502, 503, 504), with
     exponential backoff or the server's ``Retry-After``, and never past the URL's
-    deadline: a wait that would end past it fails at once.
+    deadline: a wait that would end past it fails at once. With a ``gate``, every
+    hop holds its host's token (waiting for it counts against the deadline); no
+    token is held during a pause between two tries.
     """
     url = check_url(line)
-    with _Exchange(time.monotonic() + settings.deadline) as exchange:
+    with _Exchange(time.monotonic() + settings.deadline, gate) as exchange:
         attempt = 0
         while True:
             try:
@@ -91,9 +113,10 @@ def fetch(line: str, settings: Settings) -> bytes:
 class _Exchange:
     """One URL's exchange with its deadline: the watchdog shuts its socket down then."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, gate: HostGate | None = None) -> None:
         self.deadline = deadline
         self.expired = False
+        self.slot = _HostSlot(gate)
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._done = False
@@ -127,6 +150,48 @@ class _Exchange:
             self.expired = True
             if self._sock is not None:
                 _shut(self._sock)
+
+
+class _HostSlot:
+    """The token of the host a URL is talking to now, under ``--per-host``.
+
+    The answer a hop got from its host (its status, a ``Retry-After``) goes back with
+    the token, so that the holder of the tokens backs a refusing host off.
+    """
+
+    def __init__(self, gate: HostGate | None) -> None:
+        self.gate = gate
+        self.ticket = secrets.randbits(62)
+        self.host: str | None = None
+        self.status: int | None = None
+        self.retry_after: float | None = None
+        self.waited_out = False  # the deadline came while waiting for a token
+
+    def enter(self, host: str, exchange: _Exchange) -> None:
+        """Hold ``host``'s token (giving back another host's), or raise a timeout."""
+        if self.gate is None or host == self.host:
+            return
+        asked = time.monotonic()
+        seconds = exchange.deadline - asked
+        granted = seconds > 0 and self.gate.take(self.ticket, host, seconds, self.status,
+                                                 self.retry_after)
+        self.host = host if granted else None
+        self.status = self.retry_after = None
+        if not granted:
+            self.waited_out = True
+            raise Failure("timeout", f"waited {time.monotonic() - asked:.1f} s for one of the "
+                          f"{self.gate.per_host} download slots of {host} (--per-host), in vain "
+                          "within the deadline")
+
+    def answer(self, response: http.client.HTTPResponse) -> None:
+        self.status = response.status
+        self.retry_after = (retry_after(response.getheader("Retry-After"))
+                            if response.status in TRANSIENT_STATUSES else None)
+
+    def leave(self) -> None:
+        if self.gate is not None and self.host is not None:
+            self.gate.give_back(self.ticket, self.status, self.retry_after)
+        self.host = self.status = self.retry_after = None
 
 
 def _shut(sock: socket.socket) -> None:
@@ -186,7 +251,9 @@ def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
         failure = _failure_of(exc, settings)
     else:
         failure = None
-    if exchange.expired:
+    finally:
+        exchange.slot.leave()
+    if exchange.expired and not exchange.slot.waited_out:
         raise Failure("timeout", f"no complete answer within the {settings.deadline:g} s "
                       "deadline") from None
     if failure is not None:
@@ -210,7 +277,9 @@ def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
     """Hop by hop: each hop is resolved, checked and connected to on its own."""
     for _ in range(settings.max_redirects + 1):
         target = target_of(url)
+        exchange.slot.enter(target.host, exchange)
         conn, response = _request(target, exchange, settings)
+        exchange.slot.answer(response)
         status = response.status
         location = response.getheader("Location") if status in REDIRECTS else None
         if status == 200:

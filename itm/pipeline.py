@@ -37,6 +37,7 @@ from ray.actor import ActorHandle
 from itm.config import Settings
 from itm.download import fetch
 from itm.errors import Failure
+from itm.host_gate import HostGate, start_host_tokens
 from itm.imaging import GrayImage, grayscale_png, md5_hex
 from itm.lines import Line
 from itm.writer import Counts, MongoUnavailable
@@ -60,9 +61,9 @@ class Downloaded:
         return 0 if self.data is None else self.data.nbytes
 
 
-def _download(line: str, settings: Settings) -> Downloaded:
+def _download(line: str, settings: Settings, gate: HostGate | None) -> Downloaded:
     try:
-        return Downloaded(np.frombuffer(fetch(line, settings), dtype=np.uint8))
+        return Downloaded(np.frombuffer(fetch(line, settings, gate), dtype=np.uint8))
     except Failure as failure:
         return Downloaded(None, failure)
 
@@ -98,13 +99,15 @@ def groups(done: queue.SimpleQueue, total: int, size: int, max_bytes: int = GROU
 # generator pauses while the driver has not taken its last groups (backpressure).
 @ray.remote(num_cpus=0, scheduling_strategy="SPREAD", max_retries=0,
             _generator_backpressure_num_objects=4)
-def download_batch(lines: list[Line], settings: Settings, threads: int) -> Iterator:
+def download_batch(lines: list[Line], settings: Settings, threads: int,
+                   host_tokens: ActorHandle | None) -> Iterator:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
+    gate = None if host_tokens is None else HostGate(host_tokens, settings.per_host)
     # A line is taken only when an earlier one has been handed over: memory stays flat.
     slots = threading.Semaphore(threads)
 
     def fetch_into_done(line: Line) -> None:
-        done.put((line, _download(line[1], settings)))
+        done.put((line, _download(line[1], settings, gate)))
 
     def feed(pool: ThreadPoolExecutor) -> None:
         for line in lines:
@@ -180,12 +183,35 @@ class _Driver:
         self.threads = max(1, settings.concurrency // nodes)
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
         self.settings_ref = ray.put(settings)
+        # One actor for the whole cluster holds the per-host tokens (none for --per-host 0);
+        # a token is a lease of a line's deadline and then some.
+        self.host_tokens = start_host_tokens(settings.per_host,
+                                             settings.deadline + BACKSTOP_GRACE)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
         self.writing: dict[ray.ObjectRef, tuple[list[Line], int]] = {}
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
         self.total = Counts()
 
     def run(self, lines: Iterable[Line]) -> Counts:
+        try:
+            return self._run(lines)
+        finally:
+            if self.host_tokens is not None:
+                self._report_hosts()
+                ray.kill(self.host_tokens)
+
+    def _report_hosts(self) -> None:
+        """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
+        try:
+            stats = ray.get(self.host_tokens.stats.remote(), timeout=10)
+        except ray.exceptions.RayError:
+            return
+        backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
+        print(f"itm: --per-host {self.settings.per_host}: {stats['granted']} tokens, "
+              f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; token "
+              f"actor {stats['calls']} calls, {stats['cpu_seconds']:.2f} s CPU", flush=True)
+
+    def _run(self, lines: Iterable[Line]) -> Counts:
         chunks = _chunks(lines, self.threads * CHUNK_ROUNDS, self.nodes)
         exhausted = False
         while True:
@@ -220,7 +246,8 @@ class _Driver:
             len(chunk.pending) < self.threads for chunk in self.downloading.values())
 
     def _download(self, lines: list[Line], attempt: int) -> None:
-        generator = download_batch.remote(lines, self.settings_ref, self.threads)
+        generator = download_batch.remote(lines, self.settings_ref, self.threads,
+                                          self.host_tokens)
         self.downloading[generator] = _Chunk(dict(lines), attempt)
 
     def _take_group(self, generator: ObjectRefGenerator) -> None:

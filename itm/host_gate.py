@@ -1,0 +1,113 @@
+"""The per-host limit across a Ray cluster: one small async actor keeps the tokens
+(``itm.politeness.HostTokens``), the download threads of every node ask it.
+
+Cost per URL hop to a new host: one blocking actor call to take the token (it
+also gives back the previous host's, on a redirect); giving back the last one is
+a call nobody waits for. No actor at all with ``--per-host 0``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+
+import ray
+from ray.actor import ActorHandle
+
+from itm.politeness import HostTokens
+
+GRACE = 5.0  # seconds a take may exceed its wait on the caller's side (the actor's own pace)
+
+
+@ray.remote(num_cpus=0, max_restarts=3)
+class HostTokenActor:
+    """``HostTokens`` behind an asyncio loop: a waiting take is a future, woken when its
+    host grants it a token or its time is up."""
+
+    def __init__(self, per_host: int, lease: float) -> None:
+        self.tokens = HostTokens(per_host, lease)
+        self.futures: dict[int, asyncio.Future] = {}
+        self.calls = 0
+        self.cpu_started = time.process_time()
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def take(self, ticket: int, host: str, seconds: float, status: int | None = None,
+                   retry_after: float | None = None) -> bool:
+        """Wait up to ``seconds`` for a token of ``host``; report the answer ``status`` of
+        the host ``ticket`` held until now (a redirect), which this gives back."""
+        self.calls += 1
+        self._answered(ticket, status, retry_after)
+        future = asyncio.get_running_loop().create_future()
+        self.futures[ticket] = future
+        self.tokens.ask(ticket, host, time.monotonic())
+        self._dispatch()
+        try:
+            return await asyncio.wait_for(future, seconds)
+        except asyncio.TimeoutError:
+            self.tokens.timed_out(ticket, time.monotonic())
+            self._dispatch()
+            return False
+        finally:
+            self.futures.pop(ticket, None)
+
+    async def give_back(self, ticket: int, status: int | None = None,
+                        retry_after: float | None = None) -> None:
+        """Release the token ``ticket`` holds (or its place in a queue), reporting the
+        last answer of its host."""
+        self.calls += 1
+        self._answered(ticket, status, retry_after)
+        self.tokens.give_back(ticket, time.monotonic())
+        self._dispatch()
+
+    async def stats(self) -> dict:
+        return asdict(self.tokens.stats) | {
+            "calls": self.calls, "cpu_seconds": time.process_time() - self.cpu_started}
+
+    def _answered(self, ticket: int, status: int | None, retry_after: float | None) -> None:
+        host = self.tokens.holds(ticket)
+        if host is not None and status is not None:
+            self.tokens.answered(host, status, time.monotonic(), retry_after)
+
+    def _dispatch(self) -> None:
+        granted, wake = self.tokens.grant(time.monotonic())
+        for ticket in granted:
+            future = self.futures.get(ticket)
+            if future is not None and not future.done():
+                future.set_result(True)
+        if wake is not None and (self.timer is None or wake < self.timer.when()):
+            if self.timer is not None:
+                self.timer.cancel()
+            # The loop's clock is time.monotonic, the tokens' too.
+            self.timer = asyncio.get_running_loop().call_at(wake, self._wake)
+
+    def _wake(self) -> None:
+        self.timer = None
+        self._dispatch()
+
+
+class HostGate:
+    """What a download thread holds: ``itm.download.HostGate`` over the actor."""
+
+    def __init__(self, actor: ActorHandle, per_host: int) -> None:
+        self.actor = actor
+        self.per_host = per_host
+
+    def take(self, ticket: int, host: str, seconds: float, status: int | None,
+             retry_after: float | None) -> bool:
+        ref = self.actor.take.remote(ticket, host, seconds, status, retry_after)
+        try:
+            return ray.get(ref, timeout=seconds + GRACE)
+        except ray.exceptions.GetTimeoutError:
+            self.give_back(ticket, None, None)
+            return False
+        except ray.exceptions.RayActorError:
+            return True  # the bookkeeping is gone (it restarts empty); the line must go on
+
+    def give_back(self, ticket: int, status: int | None, retry_after: float | None) -> None:
+        self.actor.give_back.remote(ticket, status, retry_after)  # nobody waits for it
+
+
+def start_host_tokens(per_host: int, lease: float) -> ActorHandle | None:
+    """The run's token actor, or ``None`` for ``--per-host 0`` (unlimited: no actor)."""
+    return HostTokenActor.remote(per_host, lease) if per_host else None

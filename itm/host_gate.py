@@ -17,6 +17,7 @@ from ray.actor import ActorHandle
 
 from itm.politeness import HostTokens
 
+ACTOR_NAME = "itm-host-tokens"  # in the driver's own namespace: one per driver
 GRACE = 5.0  # seconds a take may exceed its wait on the caller's side (the actor's own pace)
 
 
@@ -26,11 +27,21 @@ class HostTokenActor:
     host grants it a token or its time is up."""
 
     def __init__(self, per_host: int, lease: float) -> None:
-        self.tokens = HostTokens(per_host, lease)
         self.futures: dict[int, asyncio.Future] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self._start(per_host, lease)
+
+    async def reset(self, per_host: int, lease: float) -> None:
+        """A new run: fresh tokens, scores and counts (nobody holds or waits for any)."""
+        for future in self.futures.values():  # left by a run that died: they give up
+            if not future.done():
+                future.set_result(False)
+        self._start(per_host, lease)
+
+    def _start(self, per_host: int, lease: float) -> None:
+        self.tokens = HostTokens(per_host, lease)
         self.calls = 0
         self.cpu_started = time.process_time()
-        self.timer: asyncio.TimerHandle | None = None
 
     async def take(self, ticket: int, host: str, seconds: float, status: int | None = None,
                    retry_after: float | None = None) -> bool:
@@ -109,5 +120,13 @@ class HostGate:
 
 
 def start_host_tokens(per_host: int, lease: float) -> ActorHandle | None:
-    """The run's token actor, or ``None`` for ``--per-host 0`` (unlimited: no actor)."""
-    return HostTokenActor.remote(per_host, lease) if per_host else None
+    """The run's token actor, or ``None`` for ``--per-host 0`` (unlimited: no actor).
+
+    The next run of the same driver process (tests, a notebook) reuses the actor,
+    reset, rather than paying a new worker process; it ends with the driver.
+    """
+    if not per_host:
+        return None
+    actor = HostTokenActor.options(name=ACTOR_NAME, get_if_exists=True).remote(per_host, lease)
+    ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it
+    return actor

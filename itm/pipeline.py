@@ -198,7 +198,6 @@ class _Driver:
         finally:
             if self.host_tokens is not None:
                 self._report_hosts()
-                ray.kill(self.host_tokens)
 
     def _report_hosts(self) -> None:
         """One line on what the per-host limit did: hosts backed off, tokens, its cost."""

@@ -6,9 +6,9 @@ Linux), and ``localhost`` reaches it too: four hosts for the per-host limit. Per
 arrival until just before its last byte is sent, so a client can never give its
 token back before the count dropped) and the highest number seen.
 
-Paths:
+Every answer comes ``latency`` seconds after its request. Paths:
 
-- ``/img/<n>``: a small JPEG, after ``latency`` seconds;
+- ``/img/<n>``: a small JPEG;
 - ``/to/<host>/<path>``: a redirect to ``<path>`` on ``<host>`` (same port);
 - ``/hold/<n>``: a JPEG once ``release`` is set (at most 30 s);
 - ``/busy/<code>/<n>?<wait>``: ``<code>`` with ``Retry-After: <wait>`` (``date``: an
@@ -54,8 +54,8 @@ class HostHandler(Handler):
                ) -> tuple[int, dict[str, str], bytes]:
         parts = path.strip("/").split("/")
         image = (200, {}, server.jpeg)
+        time.sleep(server.latency)
         if parts[0] == "img":
-            time.sleep(server.latency)
             return image
         if parts[0] == "to":
             return 302, {"Location": f"http://{parts[1]}:{server.port}/{'/'.join(parts[2:])}"}, b""

@@ -191,6 +191,9 @@ class _HostSlot:
     def leave(self) -> None:
         if self.gate is not None and self.host is not None:
             self.gate.give_back(self.ticket, self.status, self.retry_after)
+            # Nobody waits for the give-back: a retry's take must not be mistaken for
+            # this ticket if it reaches the actor first.
+            self.ticket = secrets.randbits(62)
         self.host = self.status = self.retry_after = None
 
 

@@ -82,6 +82,9 @@ class HostServer(LocalServer):
                       for address in EXTRA_ADDRESSES]
         for httpd in self.extra:
             httpd.owner = self
+        # Poll for shutdown every 50 ms, not 0.5 s: three servers stop at every test's end.
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+                                        daemon=True)
         self.latency = latency
         self.jpeg = jpeg()
         self.release = threading.Event()
@@ -101,7 +104,7 @@ class HostServer(LocalServer):
 
     def __enter__(self) -> HostServer:
         for httpd in self.extra:
-            threading.Thread(target=httpd.serve_forever, daemon=True).start()
+            threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True).start()
         super().__enter__()
         return self
 

@@ -3,7 +3,8 @@ against one server answering as four loopback host names."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from itm.config import Settings
 from itm.download import fetch
 from itm.errors import Failure
 from itm.host_gate import HostGate, HostTokenActor
+from itm.politeness import BACKOFF_FIRST, REFUSALS_BEFORE_BACKOFF
 from tests.conftest import run_itm, write_urls
 from tests.host_servers import HostServer, check_polite_run, spread_lines
 
@@ -73,6 +75,29 @@ def test_a_retry_after_past_the_deadline_fails_and_holds_the_host(
     assert waited.value.reason == "timeout"
     assert "download slots of 127.0.0.3" in waited.value.detail
     assert server.hits["/img/2"] == 0
+
+
+def test_a_host_that_keeps_refusing_is_backed_off(gate: HostGate, server: HostServer) -> None:
+    no_retry = Settings(deadline=10.0, retries=0, per_host=PER_HOST, allow_private_addresses=True)
+    host = "localhost"
+    for n in range(REFUSALS_BEFORE_BACKOFF):
+        started = time.monotonic()
+        with pytest.raises(Failure):
+            fetch(server.at(host, f"/status/503?{n}"), no_retry, gate)
+    # The refusals reach the actor with the tokens given back, unawaited: wait for them.
+    assert wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"])
+    assert fetch(server.at(host, "/img/3"), no_retry, gate) == server.jpeg
+    # The next start waits the first pause after the last refused one.
+    assert server.times["/img/3"][0] - started >= BACKOFF_FIRST
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    end = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_a_job_never_exceeds_the_limit_per_host(mongo_uri: str, db: Database, tmp_path: Path,

@@ -13,8 +13,7 @@ Nothing is left to the server:
   connection goes to the address that was checked, so DNS cannot swap it; TLS is
   still verified against the host name;
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
-  from another URL goes into a request.
-
+  from another URL goes into a request;
 - with a ``HostGate`` (``--per-host``), each hop first takes a token of its host,
   waiting within the deadline, and gives it back when it leaves that host: by a
   redirect elsewhere, an answer read, a failure (``itm.politeness``).

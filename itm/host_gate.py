@@ -21,7 +21,9 @@ ACTOR_NAME = "itm-host-tokens"  # in the driver's own namespace: one per driver
 GRACE = 5.0  # seconds a take may exceed its wait on the caller's side (the actor's own pace)
 
 
-@ray.remote(num_cpus=0, max_restarts=3)
+# max_concurrency: every download thread of the cluster may be waiting in a take at
+# once, and give-backs must still get in (Ray's default for async actors is 1,000).
+@ray.remote(num_cpus=0, max_restarts=3, max_concurrency=100_000)
 class HostTokenActor:
     """``HostTokens`` behind an asyncio loop: a waiting take is a future, woken when its
     host grants it a token or its time is up."""
@@ -112,7 +114,7 @@ class HostGate:
         except ray.exceptions.GetTimeoutError:
             self.give_back(ticket, None, None)
             return False
-        except ray.exceptions.RayActorError:
+        except ray.exceptions.RayError:
             return True  # the bookkeeping is gone (it restarts empty); the line must go on
 
     def give_back(self, ticket: int, status: int | None, retry_after: float | None) -> None:

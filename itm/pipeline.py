@@ -193,11 +193,10 @@ class _Driver:
         self.total = Counts()
 
     def run(self, lines: Iterable[Line]) -> Counts:
-        try:
-            return self._run(lines)
-        finally:
-            if self.host_tokens is not None:
-                self._report_hosts()
+        total = self._run(lines)
+        if self.host_tokens is not None:
+            self._report_hosts()
+        return total
 
     def _report_hosts(self) -> None:
         """One line on what the per-host limit did: hosts backed off, tokens, its cost."""

@@ -1,9 +1,11 @@
 """The per-host limit across a Ray cluster: one small async actor keeps the tokens
 (``itm.politeness.HostTokens``), the download threads of every node ask it.
 
-Cost per URL hop to a new host: one blocking actor call to take the token (it
-also gives back the previous host's, on a redirect); giving back the last one is
-a call nobody waits for. No actor at all with ``--per-host 0``.
+Cost: a hop to another host than the thread's last one is one blocking actor call
+(taking the new host's token gives the old one back); a line on the same host
+keeps the thread's token, without a call, for ``itm.download.KEEP_TOKEN``; a
+thread with nothing to do gives its token back with a call nobody waits for. No
+actor at all with ``--per-host 0``.
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ class HostTokenActor:
         self.calls = 0
         self.cpu_started = time.process_time()
 
-    async def take(self, ticket: int, host: str, seconds: float, status: int | None = None,
+    async def take(self, ticket: int, host: str, seconds: float, statuses: list[int],
                    retry_after: float | None = None) -> bool:
-        """Wait up to ``seconds`` for a token of ``host``; report the answer ``status`` of
-        the host ``ticket`` held until now (a redirect), which this gives back."""
+        """Wait up to ``seconds`` for a token of ``host``; give back the one ``ticket``
+        held until now (if any), with the answers its host gave since."""
         self.calls += 1
-        self._answered(ticket, status, retry_after)
+        self._answered(ticket, statuses, retry_after)
         future = asyncio.get_running_loop().create_future()
         self.futures[ticket] = future
         self.tokens.ask(ticket, host, time.monotonic())
@@ -64,12 +66,12 @@ class HostTokenActor:
         finally:
             self.futures.pop(ticket, None)
 
-    async def give_back(self, ticket: int, status: int | None = None,
+    async def give_back(self, ticket: int, statuses: list[int],
                         retry_after: float | None = None) -> None:
-        """Release the token ``ticket`` holds (or its place in a queue), reporting the
-        last answer of its host."""
+        """Release the token ``ticket`` holds (or its place in a queue), with the answers
+        its host gave since it was taken."""
         self.calls += 1
-        self._answered(ticket, status, retry_after)
+        self._answered(ticket, statuses, retry_after)
         self.tokens.give_back(ticket, time.monotonic())
         self._dispatch()
 
@@ -77,10 +79,11 @@ class HostTokenActor:
         return asdict(self.tokens.stats) | {
             "calls": self.calls, "cpu_seconds": time.process_time() - self.cpu_started}
 
-    def _answered(self, ticket: int, status: int | None, retry_after: float | None) -> None:
+    def _answered(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
         host = self.tokens.holds(ticket)
-        if host is not None and status is not None:
-            self.tokens.answered(host, status, time.monotonic(), retry_after)
+        if host is not None:
+            for status in statuses:
+                self.tokens.answered(host, status, time.monotonic(), retry_after)
 
     def _dispatch(self) -> None:
         granted, wake = self.tokens.grant(time.monotonic())
@@ -106,19 +109,19 @@ class HostGate:
         self.actor = actor
         self.per_host = per_host
 
-    def take(self, ticket: int, host: str, seconds: float, status: int | None,
+    def take(self, ticket: int, host: str, seconds: float, statuses: list[int],
              retry_after: float | None) -> bool:
-        ref = self.actor.take.remote(ticket, host, seconds, status, retry_after)
+        ref = self.actor.take.remote(ticket, host, seconds, statuses, retry_after)
         try:
             return ray.get(ref, timeout=seconds + GRACE)
         except ray.exceptions.GetTimeoutError:
-            self.give_back(ticket, None, None)
+            self.give_back(ticket, [], None)
             return False
         except ray.exceptions.RayError:
             return True  # the bookkeeping is gone (it restarts empty); the line must go on
 
-    def give_back(self, ticket: int, status: int | None, retry_after: float | None) -> None:
-        self.actor.give_back.remote(ticket, status, retry_after)  # nobody waits for it
+    def give_back(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
+        self.actor.give_back.remote(ticket, statuses, retry_after)  # nobody waits for it
 
 
 def start_host_tokens(per_host: int, lease: float) -> ActorHandle | None:

@@ -26,7 +26,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,7 +34,7 @@ from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 
 from itm.config import Settings
-from itm.download import fetch
+from itm.download import HostHand, fetch
 from itm.errors import Failure
 from itm.host_gate import HostGate, start_host_tokens
 from itm.imaging import GrayImage, grayscale_png, md5_hex
@@ -61,9 +60,9 @@ class Downloaded:
         return 0 if self.data is None else self.data.nbytes
 
 
-def _download(line: str, settings: Settings, gate: HostGate | None) -> Downloaded:
+def _download(line: str, settings: Settings, hand: HostHand) -> Downloaded:
     try:
-        return Downloaded(np.frombuffer(fetch(line, settings, gate), dtype=np.uint8))
+        return Downloaded(np.frombuffer(fetch(line, settings, hand), dtype=np.uint8))
     except Failure as failure:
         return Downloaded(None, failure)
 
@@ -102,25 +101,42 @@ def groups(done: queue.SimpleQueue, total: int, size: int, max_bytes: int = GROU
 def download_batch(lines: list[Line], settings: Settings, threads: int,
                    host_tokens: ActorHandle | None) -> Iterator:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
+    todo: queue.SimpleQueue[Line | None] = queue.SimpleQueue()
     gate = None if host_tokens is None else HostGate(host_tokens, settings.per_host)
     # A line is taken only when an earlier one has been handed over: memory stays flat.
     slots = threading.Semaphore(threads)
+    workers = min(threads, len(lines))
 
-    def fetch_into_done(line: Line) -> None:
-        done.put((line, _download(line[1], settings, gate)))
+    def work() -> None:
+        """Lines one after another; a thread with none waiting gives its host token back."""
+        with HostHand(gate) as hand:
+            while True:
+                try:
+                    line = todo.get_nowait()
+                except queue.Empty:
+                    hand.leave()
+                    line = todo.get()
+                if line is None:
+                    return
+                done.put((line, _download(line[1], settings, hand)))
 
-    def feed(pool: ThreadPoolExecutor) -> None:
+    def feed() -> None:
         for line in lines:
             slots.acquire()
-            pool.submit(fetch_into_done, line)
+            todo.put(line)
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="download") as pool:
-        threading.Thread(target=feed, args=(pool,), daemon=True).start()
+    for _ in range(workers):
+        threading.Thread(target=work, name="download", daemon=True).start()
+    threading.Thread(target=feed, daemon=True).start()
+    try:
         for group in groups(done, len(lines), settings.batch_size):
             yield [number for (number, _), _ in group]
             yield [item for _, item in group]
             for _ in group:
                 slots.release()
+    finally:
+        for _ in range(workers):  # each ends after its current line
+            todo.put(None)
 
 
 # md5 shares the CPU slots with gray although it takes microseconds per image: a

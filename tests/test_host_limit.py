@@ -13,7 +13,7 @@ import ray
 from pymongo.database import Database
 
 from itm.config import Settings
-from itm.download import fetch
+from itm.download import HostHand, fetch
 from itm.errors import Failure
 from itm.host_gate import HostGate, HostTokenActor
 from itm.politeness import BACKOFF_FIRST, REFUSALS_BEFORE_BACKOFF
@@ -33,6 +33,12 @@ def gate(ray_local: None) -> Iterator[HostGate]:
     ray.kill(actor)
 
 
+def polite(url: str, settings: Settings, gate: HostGate) -> bytes:
+    """One line in a thread of its own: its token goes back at the end."""
+    with HostHand(gate) as hand:
+        return fetch(url, settings, hand)
+
+
 @pytest.fixture
 def server() -> Iterator[HostServer]:
     with HostServer() as running:
@@ -42,11 +48,11 @@ def server() -> Iterator[HostServer]:
 def test_a_redirect_gives_the_first_host_token_back(gate: HostGate, server: HostServer) -> None:
     a, b = "127.0.0.1", "localhost"
     with ThreadPoolExecutor(PER_HOST) as pool:
-        held = [pool.submit(fetch, server.at(a, f"/to/{b}/hold/{n}"), SETTINGS, gate)
+        held = [pool.submit(polite, server.at(a, f"/to/{b}/hold/{n}"), SETTINGS, gate)
                 for n in range(PER_HOST)]
         assert server.wait_in_flight(b, PER_HOST)  # both lines now talk to b, held there
         # Had they kept a's tokens, this would wait for them until its deadline.
-        assert fetch(server.at(a, "/img/1"), SETTINGS, gate) == server.jpeg
+        assert polite(server.at(a, "/img/1"), SETTINGS, gate) == server.jpeg
         server.release.set()
         assert [line.result() for line in held] == [server.jpeg] * PER_HOST
     assert max(server.peak.values()) <= PER_HOST
@@ -56,7 +62,7 @@ def test_a_redirect_gives_the_first_host_token_back(gate: HostGate, server: Host
 def test_retry_after_is_waited_once(gate: HostGate, server: HostServer, code: int, wait: str,
                                     at_least: float) -> None:
     path = f"/busy/{code}/1?{wait}"
-    assert fetch(server.at("127.0.0.2", path), SETTINGS, gate) == server.jpeg
+    assert polite(server.at("127.0.0.2", path), SETTINGS, gate) == server.jpeg
     first, second = server.times[path]
     assert server.hits[path] == 2
     assert second - first >= at_least  # an HTTP date has whole seconds: 1-2 s
@@ -66,12 +72,12 @@ def test_a_retry_after_past_the_deadline_fails_and_holds_the_host(
         gate: HostGate, server: HostServer) -> None:
     short = Settings(deadline=2.0, per_host=PER_HOST, allow_private_addresses=True)
     with pytest.raises(Failure) as refused:
-        fetch(server.at("127.0.0.3", "/busy/503/1?60"), short, gate)
+        polite(server.at("127.0.0.3", "/busy/503/1?60"), short, gate)
     assert refused.value.reason == "http_503"
     assert server.hits["/busy/503/1?60"] == 1  # no retry: the wait is past the deadline
     # The host asked for 60 s: nobody else talks to it within this deadline either.
     with pytest.raises(Failure) as waited:
-        fetch(server.at("127.0.0.3", "/img/2"), short, gate)
+        polite(server.at("127.0.0.3", "/img/2"), short, gate)
     assert waited.value.reason == "timeout"
     assert "download slots of 127.0.0.3" in waited.value.detail
     assert server.hits["/img/2"] == 0
@@ -83,10 +89,10 @@ def test_a_host_that_keeps_refusing_is_backed_off(gate: HostGate, server: HostSe
     for n in range(REFUSALS_BEFORE_BACKOFF):
         started = time.monotonic()
         with pytest.raises(Failure):
-            fetch(server.at(host, f"/status/503?{n}"), no_retry, gate)
+            polite(server.at(host, f"/status/503?{n}"), no_retry, gate)
     # The refusals reach the actor with the tokens given back, unawaited: wait for them.
     assert wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"])
-    assert fetch(server.at(host, "/img/3"), no_retry, gate) == server.jpeg
+    assert polite(server.at(host, "/img/3"), no_retry, gate) == server.jpeg
     # The next start waits the first pause after the last refused one.
     assert server.times["/img/3"][0] - started >= BACKOFF_FIRST
 

@@ -61,6 +61,12 @@ class Settings:
     concurrency: int = _opt(
         64, "downloads in flight across the cluster (I/O-bound, not capped by CPUs)"
     )
+    per_host: int = _opt(
+        8, "downloads in flight to one host across the cluster, each redirect hop counted "
+        "for its own host (0: unlimited); 8 like Scrapy's default per domain, so that a list "
+        "of one site does not hit it with every download slot at once. A host that keeps "
+        "answering 429/503 is also backed off for the rest of the run"
+    )
     batch_size: int = _opt(
         32, "input lines per Ray task and per writer call: fewer tasks, workers and writes"
     )
@@ -98,8 +104,8 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "deadline", "api_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        if self.retries < 0 or self.max_redirects < 0:
-            raise ValueError("retries and max_redirects cannot be negative")
+        if self.retries < 0 or self.max_redirects < 0 or self.per_host < 0:
+            raise ValueError("retries, max_redirects and per_host cannot be negative")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
 

@@ -13,7 +13,9 @@ Nothing is left to the server:
   connection goes to the address that was checked, so DNS cannot swap it; TLS is
   still verified against the host name;
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
-  from another URL goes into a request.
+  from another URL goes into a request;
+- with a ``HostHand`` (``--per-host``), each hop first holds a token of its host,
+  waiting for it within the deadline (``itm.politeness``).
 
 Every way a download can fail ends as one ``Failure`` with a stable ``reason``.
 Connections are pooled per process, keep-alive, and reused across URLs of the
@@ -29,6 +31,7 @@ import http.client
 import ipaddress
 import itertools
 import os
+import secrets
 import select
 import socket
 import ssl
@@ -36,6 +39,7 @@ import threading
 import time
 import zlib
 from datetime import datetime, timezone
+from typing import Protocol
 from urllib.parse import urljoin
 
 import certifi
@@ -43,10 +47,12 @@ from requests.utils import requote_uri
 
 from itm.config import Settings
 from itm.errors import Failure
+from itm.politeness import REFUSALS
 from itm.urls import Target, address_refusal, check_url, target_of
 
 # Worth another try: the server or the path to it may be fine a moment later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+KEEP_TOKEN = 1.0  # seconds a thread keeps a host's token for its next lines there
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
 BACKOFF = 0.25  # seconds before the first retry; doubles each time
@@ -67,15 +73,32 @@ class _Transient(Exception):
         self.wait = wait
 
 
-def fetch(line: str, settings: Settings) -> bytes:
+class HostGate(Protocol):
+    """Per-host tokens shared by every download of the run (``itm.host_gate``)."""
+
+    per_host: int
+
+    def take(self, ticket: int, host: str, seconds: float, statuses: list[int],
+             retry_after: float | None) -> bool:
+        """Wait up to ``seconds`` for a token of ``host``; False if none came. Gives back
+        the token ``ticket`` held until now, reporting that host's answers since."""
+
+    def give_back(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
+        """Release the token ``ticket`` holds, reporting its host's answers since."""
+
+
+def fetch(line: str, settings: Settings, hand: HostHand | None = None) -> bytes:
     """The body of the URL on ``line``, or raise ``Failure``.
 
     Retries only transient faults (connection errors, 429, 502, 503, 504), with
     exponential backoff or the server's ``Retry-After``, and never past the URL's
-    deadline: a wait that would end past it fails at once.
+    deadline: a wait that would end past it fails at once. With a ``hand`` (the
+    calling thread's, under ``--per-host``), every hop holds its host's token
+    (waiting for it counts against the deadline); none is held during a pause
+    between two tries; the last one stays in the hand for the thread's next line.
     """
     url = check_url(line)
-    with _Exchange(time.monotonic() + settings.deadline) as exchange:
+    with _Exchange(time.monotonic() + settings.deadline, hand or HostHand(None)) as exchange:
         attempt = 0
         while True:
             try:
@@ -84,6 +107,7 @@ def fetch(line: str, settings: Settings) -> bytes:
                 pause = max(BACKOFF * 2**attempt, transient.wait)
                 if attempt == settings.retries or time.monotonic() + pause >= exchange.deadline:
                     raise transient.failure from None
+                exchange.hand.leave()
                 time.sleep(pause)
                 attempt += 1
 
@@ -91,9 +115,11 @@ def fetch(line: str, settings: Settings) -> bytes:
 class _Exchange:
     """One URL's exchange with its deadline: the watchdog shuts its socket down then."""
 
-    def __init__(self, deadline: float) -> None:
+    def __init__(self, deadline: float, hand: HostHand) -> None:
         self.deadline = deadline
         self.expired = False
+        self.hand = hand
+        self.waited_out = False  # the deadline came while waiting for a host's token
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._done = False
@@ -127,6 +153,68 @@ class _Exchange:
             self.expired = True
             if self._sock is not None:
                 _shut(self._sock)
+
+
+class HostHand:
+    """The per-host token one download thread holds (``--per-host``), if any.
+
+    A hop to another host takes that host's token through the gate (giving this one
+    back: one call). A line on the same host as the thread's last one keeps the
+    token without a call while it is younger than ``KEEP_TOKEN`` seconds, and the
+    host's last answer was no refusal; past that it takes it again, behind whoever
+    waits for that host. The thread gives it back when it has nothing to do
+    (``leave``). Every answer of the host goes back to the gate with the next call,
+    so that a refusing host is backed off.
+    """
+
+    def __init__(self, gate: HostGate | None) -> None:
+        self.gate = gate
+        self.ticket = secrets.randbits(62)
+        self.host: str | None = None
+        self.taken_at = 0.0
+        self.statuses: list[int] = []  # the host's answers not reported yet
+        self.retry_after: float | None = None
+
+    def __enter__(self) -> HostHand:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
+    def enter(self, host: str, exchange: _Exchange) -> None:
+        """Hold ``host``'s token, or raise a timeout once the deadline comes first."""
+        if self.gate is None:
+            return
+        asked = time.monotonic()
+        if (host == self.host and asked - self.taken_at < KEEP_TOKEN
+                and not REFUSALS.intersection(self.statuses)):
+            return
+        seconds = exchange.deadline - asked
+        granted = seconds > 0 and self.gate.take(self.ticket, host, seconds, self.statuses,
+                                                 self.retry_after)
+        self.host, self.taken_at = (host if granted else None), time.monotonic()
+        self.statuses, self.retry_after = [], None
+        if not granted:
+            exchange.waited_out = True
+            raise Failure("timeout", f"waited {time.monotonic() - asked:.1f} s for one of the "
+                          f"{self.gate.per_host} download slots of {host} (--per-host), in vain "
+                          "within the deadline")
+
+    def answer(self, response: http.client.HTTPResponse) -> None:
+        if self.host is None:
+            return
+        self.statuses.append(response.status)
+        if response.status in TRANSIENT_STATUSES:
+            self.retry_after = retry_after(response.getheader("Retry-After"))
+
+    def leave(self) -> None:
+        """Give the token back, if any (the thread is idle, or pauses before a retry)."""
+        if self.gate is not None and self.host is not None:
+            self.gate.give_back(self.ticket, self.statuses, self.retry_after)
+            # Nobody waits for the give-back: the next take must not be mistaken for
+            # this ticket if it reaches the gate first.
+            self.ticket = secrets.randbits(62)
+        self.host, self.statuses, self.retry_after = None, [], None
 
 
 def _shut(sock: socket.socket) -> None:
@@ -186,7 +274,7 @@ def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
         failure = _failure_of(exc, settings)
     else:
         failure = None
-    if exchange.expired:
+    if exchange.expired and not exchange.waited_out:
         raise Failure("timeout", f"no complete answer within the {settings.deadline:g} s "
                       "deadline") from None
     if failure is not None:
@@ -210,7 +298,9 @@ def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
     """Hop by hop: each hop is resolved, checked and connected to on its own."""
     for _ in range(settings.max_redirects + 1):
         target = target_of(url)
+        exchange.hand.enter(target.host, exchange)
         conn, response = _request(target, exchange, settings)
+        exchange.hand.answer(response)
         status = response.status
         location = response.getheader("Location") if status in REDIRECTS else None
         if status == 200:

@@ -12,7 +12,8 @@ REASONS: dict[str, str] = {
     "blocked_address": "the host, or a redirect, leads to an address that is not public "
     "(loopback, private, link-local, …); the detail names it and the flag that allows it",
     "http_<status>": "the server answered with that status instead of 200 (`http_404`, …)",
-    "timeout": "no connection, no data, or no complete answer within the deadline",
+    "timeout": "no connection, no data, or no complete answer within the deadline (or no "
+    "turn for the host under `--per-host`)",
     "connection_error": "the connection was refused, reset or closed early, or TLS failed",
     "too_many_redirects": "more redirects than `--max-redirects`",
     "too_large": "a body over `--max-bytes` (decompressed size counts)",

@@ -26,7 +26,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,8 +34,9 @@ from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 
 from itm.config import Settings
-from itm.download import fetch
+from itm.download import HostHand, fetch
 from itm.errors import Failure
+from itm.host_gate import HostGate, start_host_tokens
 from itm.imaging import GrayImage, grayscale_png, md5_hex
 from itm.lines import Line
 from itm.writer import Counts, MongoUnavailable
@@ -60,9 +60,9 @@ class Downloaded:
         return 0 if self.data is None else self.data.nbytes
 
 
-def _download(line: str, settings: Settings) -> Downloaded:
+def _download(line: str, settings: Settings, hand: HostHand) -> Downloaded:
     try:
-        return Downloaded(np.frombuffer(fetch(line, settings), dtype=np.uint8))
+        return Downloaded(np.frombuffer(fetch(line, settings, hand), dtype=np.uint8))
     except Failure as failure:
         return Downloaded(None, failure)
 
@@ -98,26 +98,45 @@ def groups(done: queue.SimpleQueue, total: int, size: int, max_bytes: int = GROU
 # generator pauses while the driver has not taken its last groups (backpressure).
 @ray.remote(num_cpus=0, scheduling_strategy="SPREAD", max_retries=0,
             _generator_backpressure_num_objects=4)
-def download_batch(lines: list[Line], settings: Settings, threads: int) -> Iterator:
+def download_batch(lines: list[Line], settings: Settings, threads: int,
+                   host_tokens: ActorHandle | None) -> Iterator:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
+    todo: queue.SimpleQueue[Line | None] = queue.SimpleQueue()
+    gate = None if host_tokens is None else HostGate(host_tokens, settings.per_host)
     # A line is taken only when an earlier one has been handed over: memory stays flat.
     slots = threading.Semaphore(threads)
+    workers = min(threads, len(lines))
 
-    def fetch_into_done(line: Line) -> None:
-        done.put((line, _download(line[1], settings)))
+    def work() -> None:
+        """Lines one after another; a thread with none waiting gives its host token back."""
+        with HostHand(gate) as hand:
+            while True:
+                try:
+                    line = todo.get_nowait()
+                except queue.Empty:
+                    hand.leave()
+                    line = todo.get()
+                if line is None:
+                    return
+                done.put((line, _download(line[1], settings, hand)))
 
-    def feed(pool: ThreadPoolExecutor) -> None:
+    def feed() -> None:
         for line in lines:
             slots.acquire()
-            pool.submit(fetch_into_done, line)
+            todo.put(line)
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="download") as pool:
-        threading.Thread(target=feed, args=(pool,), daemon=True).start()
+    for _ in range(workers):
+        threading.Thread(target=work, name="download", daemon=True).start()
+    threading.Thread(target=feed, daemon=True).start()
+    try:
         for group in groups(done, len(lines), settings.batch_size):
             yield [number for (number, _), _ in group]
             yield [item for _, item in group]
             for _ in group:
                 slots.release()
+    finally:
+        for _ in range(workers):  # each ends after its current line
+            todo.put(None)
 
 
 # md5 shares the CPU slots with gray although it takes microseconds per image: a
@@ -180,12 +199,33 @@ class _Driver:
         self.threads = max(1, settings.concurrency // nodes)
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
         self.settings_ref = ray.put(settings)
+        # One actor for the whole cluster holds the per-host tokens (none for --per-host 0);
+        # a token is a lease of a line's deadline and then some.
+        self.host_tokens = start_host_tokens(settings.per_host,
+                                             settings.deadline + BACKSTOP_GRACE)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
         self.writing: dict[ray.ObjectRef, tuple[list[Line], int]] = {}
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
         self.total = Counts()
 
     def run(self, lines: Iterable[Line]) -> Counts:
+        total = self._run(lines)
+        if self.host_tokens is not None:
+            self._report_hosts()
+        return total
+
+    def _report_hosts(self) -> None:
+        """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
+        try:
+            stats = ray.get(self.host_tokens.stats.remote(), timeout=10)
+        except ray.exceptions.RayError:
+            return
+        backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
+        print(f"itm: --per-host {self.settings.per_host}: {stats['granted']} tokens, "
+              f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; token "
+              f"actor {stats['calls']} calls, {stats['cpu_seconds']:.2f} s CPU", flush=True)
+
+    def _run(self, lines: Iterable[Line]) -> Counts:
         chunks = _chunks(lines, self.threads * CHUNK_ROUNDS, self.nodes)
         exhausted = False
         while True:
@@ -220,7 +260,8 @@ class _Driver:
             len(chunk.pending) < self.threads for chunk in self.downloading.values())
 
     def _download(self, lines: list[Line], attempt: int) -> None:
-        generator = download_batch.remote(lines, self.settings_ref, self.threads)
+        generator = download_batch.remote(lines, self.settings_ref, self.threads,
+                                          self.host_tokens)
         self.downloading[generator] = _Chunk(dict(lines), attempt)
 
     def _take_group(self, generator: ObjectRefGenerator) -> None:

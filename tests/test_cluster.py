@@ -18,6 +18,7 @@ from ray.util.state import list_tasks
 
 from itm.ray_runtime import LOCAL_ENV
 from tests.conftest import ROOT, run_itm, write_urls
+from tests.host_servers import HostServer, check_polite_run, spread_lines
 from tests.servers import PicsumServer, picsum_lines
 
 LINES = 300
@@ -92,3 +93,21 @@ def test_a_multi_node_run_equals_the_single_node_run(
         print(f"  {node[:12]}: {dict(names)}")
     assert len([node for node, names in per_node.items() if names["gray_batch"]]) > 1
     assert len([node for node, names in per_node.items() if names["download_batch"]]) > 1
+
+
+def test_the_per_host_limit_holds_across_nodes(cluster: Cluster, mongo_uri: str,
+                                               mongo_client: MongoClient, tmp_path: Path) -> None:
+    """Download tasks on three nodes, one token actor: no host ever sees more than 2."""
+    db = mongo_client["cluster_per_host"]
+    mongo_client.drop_database(db.name)
+    with HostServer(latency=0.02) as server:
+        urls = write_urls(tmp_path, spread_lines(server, 120))
+        result = subprocess.run(
+            [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", mongo_uri,
+             "--db", db.name, "--no-serve", "--ray-address", cluster.address,
+             "--allow-private-addresses", "--per-host", "2"],
+            cwd=ROOT, env=os.environ | LOCAL_ENV, capture_output=True, text=True, timeout=300,
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    check_polite_run(db, server, 120, 2)
+    assert "itm: --per-host 2: " in result.stdout  # the token actor's report

@@ -11,13 +11,17 @@ without transactions:
    keeps a line's first outcome for good. Each event names the write attempt that
    inserted it, its ``tally`` (an ObjectId), and that attempt's lines (``batch``,
    as ranges). All events of a tally share one ``finished_at``, so one minute.
-3. A tally is added to its minute once, by one guarded upsert:
+3. A tally is added to its minute once, by one guarded update:
    ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error`` and
    ``reasons.<reason>``, ``$push`` of ``t``. Tallies stay in their minute for good
-   (never pulled), so adding a tally is idempotent whoever adds it and whenever. If
-   the upsert hits the unique ``minute`` (another writer created the minute just
-   now, or it holds the tally already), the update is retried without upsert: it
-   then adds the tally or finds it there.
+   (never pulled), so adding a tally is idempotent whoever adds it and whenever.
+   When the update matches nothing (no such minute yet, or it holds the tally), the
+   writer creates the empty minute (an upsert on ``minute`` alone, ``$setOnInsert``
+   zeros: writers racing to create it all end with the one document) and repeats
+   the update, which then adds the tally or finds it there. (One upsert doing both
+   would leave the loser of a race a DuplicateKeyError to interpret, in a race that
+   a server running one command at a time never produces, so no test could force
+   it; every interleaving of these steps can be forced, and ends the same.)
 4. The attempt that inserted a tally's events adds it right after. Anyone else who
    meets events whose tally is missing from its minute (a replay of the call after
    the first attempt died, another writer of the same run, a resume) adds it only
@@ -36,6 +40,7 @@ and the rest of the batch is written.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -260,7 +265,8 @@ class MongoWriter:
         """Store a batch: its new images, one event per line, and the counters.
 
         Returns the outcomes of these lines as stored (a replay returns the first ones).
-        Three round trips when nothing was there before: images, events, minute.
+        Three round trips when nothing was there before: images, events, minute (five
+        for the first call in a minute, which creates it).
         """
         items = list(zip(lines, md5s, grays, strict=True))
         return self._retrying(lambda: self._write(run_id, items))
@@ -340,15 +346,22 @@ class MongoWriter:
         update = {"$inc": inc, "$push": {"tallies": tally}}
         guarded = {"minute": minute, "tallies": {"$ne": tally}}
         monitoring = self.db[store.MONITORING]
-        try:
-            result = monitoring.update_one(guarded, update, upsert=True)
-        except DuplicateKeyError:  # the minute exists now: retry, which adds or finds the tally
+        result = monitoring.update_one(guarded, update)
+        if result.matched_count == 0:  # the minute does not exist yet, or holds the tally
+            self._create_minute(minute)
             result = monitoring.update_one(guarded, update)
-        if result.upserted_id is None and result.modified_count == 0:
+        if result.modified_count == 0:
             return  # the minute held the tally: counted before
         for (status, reason), n in Counter(
                 (event["status"], event["reason"] or "none") for event in events).items():
             self.lines_metric.inc(n, tags={"status": status, "reason": reason})
+
+    def _create_minute(self, minute: datetime) -> None:
+        """Create an empty minute, unless it exists: writers that race to create it all
+        find one document afterwards (the losers meet it, or its unique index)."""
+        with contextlib.suppress(DuplicateKeyError):
+            self.db[store.MONITORING].update_one(
+                {"minute": minute}, {"$setOnInsert": {"success": 0, "error": 0}}, upsert=True)
 
     def _store_images(
         self, run_id: str, items: list[Item], now: datetime

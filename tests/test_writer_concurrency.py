@@ -9,7 +9,6 @@ writer's ``minute_seconds``, so that a few seconds of work cross many of them.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -19,8 +18,14 @@ from pathlib import Path
 
 import pytest
 import ray
-from pymongo import InsertOne
+from pymongo import InsertOne, MongoClient
 from pymongo.database import Database
+from pymongo.monitoring import (
+    CommandFailedEvent,
+    CommandListener,
+    CommandStartedEvent,
+    CommandSucceededEvent,
+)
 
 from itm import store
 from itm.config import Settings
@@ -127,21 +132,58 @@ def sample(numbers: range) -> tuple[list[tuple[int, str]], list[None], list[Fail
     return lines, [None] * len(lines), [Failure(f"http_{400 + n % 3}", "no") for n in numbers]
 
 
+class Interleave(CommandListener):
+    """pymongo's command monitoring on one writer's client: right after its first update
+    of ``monitoring`` that matched nothing, runs ``between`` (another writer) before the
+    writer goes on; records the replies of its later updates of ``monitoring``."""
+
+    def __init__(self, between: Callable[[], None]) -> None:
+        self.between: Callable[[], None] | None = between
+        self.sent: dict[int, dict] = {}
+        self.replies: list[tuple[dict, dict]] = []  # (update statement, reply) once interleaved
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command["update"] == store.MONITORING:
+            self.sent[event.request_id] = event.command["updates"][0]
+
+    def succeeded(self, event: CommandSucceededEvent) -> None:
+        statement = self.sent.pop(event.request_id, None)
+        if statement is None:
+            return
+        if self.between is not None and event.reply["n"] == 0:
+            between, self.between = self.between, None
+            between()
+        elif self.between is None:
+            self.replies.append((statement, event.reply))
+
+    def failed(self, event: CommandFailedEvent) -> None:
+        self.sent.pop(event.request_id, None)
+
+
 def test_writers_racing_to_create_a_new_minute_lose_nothing(
     mongo_uri: str, db: Database,
 ) -> None:
-    writers = [MongoWriter(mongo_uri, db.name, minute_seconds=0.2) for _ in range(4)]
-    rounds = 40
-    start = threading.Barrier(len(writers))
+    """The race forced, not hoped for: writer A finds no minute; writer B then creates it
+    and adds its lines; A goes on, meets B's minute, and adds its own lines to it.
 
-    def write_rounds(at: int) -> None:
-        for round_ in range(rounds):
-            start.wait()  # every writer meets the same fresh minute at once
-            writers[at].write(f"w{at}", *sample(range(round_ * 3 + 1, round_ * 3 + 4)))
-
-    with ThreadPoolExecutor(len(writers)) as pool:
-        list(pool.map(write_rounds, range(len(writers))))
-    assert_consistent(db, {f"w{at}": rounds * 3 for at in range(len(writers))})
+    SecantusDB runs one command at a time, so threads racing on a fresh minute never
+    collide there; the interleaving is forced between A's commands instead. A minute
+    of 10^10 s holds the whole test whenever it runs.
+    """
+    minute = 1e10
+    a, b = (MongoWriter(mongo_uri, db.name, minute_seconds=minute) for _ in range(2))
+    interleave = Interleave(lambda: b.write("b", *sample(range(1, 4))))
+    with MongoClient(mongo_uri, tz_aware=True, event_listeners=[interleave]) as client:
+        a.db = client[db.name]
+        a.write("a", *sample(range(1, 4)))
+    assert interleave.between is None  # A did find no minute, and B ran then
+    (create, created), (add, added) = interleave.replies
+    assert create["upsert"] and "tallies" not in create["q"]  # A creates the minute...
+    assert created["n"] == 1 and "upserted" not in created  # ...finds B's instead...
+    assert not add.get("upsert") and added["nModified"] == 1  # ...and adds its lines to it
+    (doc,) = db.monitoring.find()
+    assert len(doc["tallies"]) == 2
+    assert_consistent(db, {"a": 3, "b": 3})
 
 
 def test_a_tally_is_counted_only_once_complete(mongo_uri: str, db: Database) -> None:

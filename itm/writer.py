@@ -43,7 +43,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -69,6 +69,7 @@ T = TypeVar("T")
 Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
+WINDOW = 10_000  # line numbers per query when reading a whole run (see _by_window)
 STORAGE_ERROR = "storage_error"
 # What a counted event needs, when it is read back.
 EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
@@ -215,18 +216,34 @@ class MongoWriter:
                 {"run_id": run_id, "line": line}, EVENT_FIELDS))
         return done
 
-    def _events_by_line(self, run_id: str, page: int = 50_000) -> Iterable[dict]:
-        """The run's events in line order, a page per query: no cursor lives for minutes."""
+    def _events_by_line(self, run_id: str) -> Iterable[dict]:
+        """The run's events in line order."""
+        return self._by_window(run_id, lambda query: self.db[store.EVENTS].find(
+            query, {"_id": 0, "line": 1, "tally": 1, "finished_at": 1}).sort("line", 1))
+
+    def _by_window(self, run_id: str, read: Callable[[dict], Iterable[T]],
+                   window: int = WINDOW) -> Iterator[T]:
+        """``read`` over every event of the run, ``window`` line numbers per query, in order.
+
+        No query touches more than a window's events, however long the run: SecantusDB
+        fetches and sorts every match of a query before its ``limit`` (a page of a
+        million-line run took minutes), and it answers nothing else meanwhile, so
+        pymongo's heartbeat gives up and cancels the query. A window that is empty
+        (a gap in the run's lines) is followed by a jump to the next line that has an
+        event, or the end.
+        """
         after = 0
         while True:
-            events = list(self.db[store.EVENTS].find(
-                {"run_id": run_id, "line": {"$gt": after}},
-                {"_id": 0, "line": 1, "tally": 1, "finished_at": 1},
-            ).sort("line", 1).limit(page))
-            yield from events
-            if len(events) < page:
-                return
-            after = events[-1]["line"]
+            found = list(read({"run_id": run_id, "line": {"$gt": after, "$lte": after + window}}))
+            yield from found
+            after += window
+            if not found:
+                following = self.db[store.EVENTS].find_one(
+                    {"run_id": run_id, "line": {"$gt": after}}, {"_id": 0, "line": 1},
+                    sort=[("line", 1)])
+                if following is None:
+                    return
+                after = following["line"] - 1
 
     def _tallies_of(self, minute: datetime) -> frozenset:
         doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
@@ -236,11 +253,11 @@ class MongoWriter:
         """Close a run with its totals, computed from its events (exact even after a resume)."""
 
         def finish() -> Counts:
-            groups = self.db[store.EVENTS].aggregate([
-                {"$match": {"run_id": run_id}},
+            groups = self._by_window(run_id, lambda query: self.db[store.EVENTS].aggregate([
+                {"$match": query},
                 {"$group": {"_id": {"status": "$status", "reason": "$reason",
                                     "duplicate": "$duplicate"}, "n": {"$sum": 1}}},
-            ])
+            ]))
             counts = Counts.of_events(group["_id"] | {"n": group["n"]} for group in groups)
             totals = {
                 "lines": counts.lines, "success": counts.success, "error": counts.error,

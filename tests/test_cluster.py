@@ -107,7 +107,7 @@ def test_a_multi_node_run_equals_the_single_node_run(
     assert len([node for node, names in per_node.items() if names["download_batch"]]) > 1
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
     give_up = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < give_up, f"still not {what} after {timeout:g} s"

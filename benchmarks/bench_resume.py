@@ -51,6 +51,8 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--undone", type=int, default=20_000)
     args = parser.parse_args()
+    # Ray first: on a loaded machine its 30 s start-up limit must not waste the stored run.
+    init_ray(None, dashboard=False)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp) / "mongo") as uri:
         urls = Path(tmp) / "urls.txt"
         urls.write_text("".join(f"not a url {n}\n" for n in range(1, args.lines + 1)))
@@ -58,7 +60,6 @@ def main() -> None:
         done = killed_run(uri, "resume", urls, args.lines, args.undone)
         print(f"killed run stored: {done:,} of {args.lines:,} lines done "
               f"({time.perf_counter() - started:.0f} s)")
-        init_ray(None, dashboard=False)
         settings = dataclasses.replace(Settings(), urls=urls, mongo_uri=uri, db="resume",
                                        resume=RUN, batch_size=64, serve=False)
         before = rss_mib()

@@ -90,6 +90,11 @@ class Settings:
         False, "also fetch link-local addresses (169.254.0.0/16, fe80::/10): off, because "
         "cloud metadata services there hand out credentials"
     )
+    download_resource: str | None = _opt(
+        None, "custom Ray resource a node must offer to run downloads (start those nodes "
+        "with --resources='{\"NAME\": 1}'): on a cluster where only some nodes reach the "
+        "image hosts; none: every node downloads"
+    )
     max_pixels: int = _opt(50_000_000, "largest image decoded (width x height): bomb guard")
     png_level: int = _opt(
         1, "zlib level of the stored grayscale PNG (0-9): 0 stores it uncompressed; "

@@ -13,9 +13,10 @@ The downloaded bytes are numpy arrays in the object store, so ``md5_batch`` and
 
 One source of bytes per line: a download task is never re-run by Ray (it would
 fetch new bytes behind our back, e.g. a random picsum photo, after md5 or gray
-read the old ones). When a download task dies, or a group's bytes are lost before
-md5 and gray both read them, the driver downloads those lines again as a whole,
-before the writer has seen any of them.
+read the old ones). When a download task dies, or a group's bytes are lost while
+Ray would still need them (before md5 or gray read them, or to rebuild a grayscale
+lost with its node before the writer read it), the driver downloads those lines
+again as a whole, before the writer has seen any of them.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
 GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines
 CHUNK_ROUNDS = 16  # a chunk keeps every thread of its task busy this many times
 ATTEMPTS = 4  # downloads of a line whose task died or whose bytes were lost: as Ray retries
+DOWNLOAD_SHARE = 0.001  # of --download-resource per download task: a node holds many
 BACKSTOP_GRACE = 10.0  # seconds past the deadline before a silent download task is cancelled
 
 
@@ -194,7 +196,12 @@ class _Driver:
     def __init__(self, writer: ActorHandle, run_id: str, settings: Settings,
                  on_batch: Callable[[Counts], None]) -> None:
         self.writer, self.run_id, self.settings, self.on_batch = writer, run_id, settings, on_batch
-        nodes = max(1, sum(1 for node in ray.nodes() if node["Alive"]))
+        resource = settings.download_resource
+        # Download tasks run on the nodes that offer the download resource, if one is set.
+        self.download_batch = download_batch.options(
+            resources={resource: DOWNLOAD_SHARE}) if resource else download_batch
+        nodes = max(1, sum(1 for node in ray.nodes() if node["Alive"]
+                           and (resource is None or node["Resources"].get(resource))))
         self.nodes = nodes
         self.threads = max(1, settings.concurrency // nodes)
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
@@ -260,8 +267,8 @@ class _Driver:
             len(chunk.pending) < self.threads for chunk in self.downloading.values())
 
     def _download(self, lines: list[Line], attempt: int) -> None:
-        generator = download_batch.remote(lines, self.settings_ref, self.threads,
-                                          self.host_tokens)
+        generator = self.download_batch.remote(lines, self.settings_ref, self.threads,
+                                               self.host_tokens)
         self.downloading[generator] = _Chunk(dict(lines), attempt)
 
     def _take_group(self, generator: ObjectRefGenerator) -> None:

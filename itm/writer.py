@@ -11,13 +11,17 @@ without transactions:
    keeps a line's first outcome for good. Each event names the write attempt that
    inserted it, its ``tally`` (an ObjectId), and that attempt's lines (``batch``,
    as ranges). All events of a tally share one ``finished_at``, so one minute.
-3. A tally is added to its minute once, by one guarded upsert:
+3. A tally is added to its minute once, by one guarded update:
    ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error`` and
    ``reasons.<reason>``, ``$push`` of ``t``. Tallies stay in their minute for good
-   (never pulled), so adding a tally is idempotent whoever adds it and whenever. If
-   the upsert hits the unique ``minute`` (another writer created the minute just
-   now, or it holds the tally already), the update is retried without upsert: it
-   then adds the tally or finds it there.
+   (never pulled), so adding a tally is idempotent whoever adds it and whenever.
+   When the update matches nothing (no such minute yet, or it holds the tally), the
+   writer creates the empty minute (an upsert on ``minute`` alone, ``$setOnInsert``
+   zeros: writers racing to create it all end with the one document) and repeats
+   the update, which then adds the tally or finds it there. (One upsert doing both
+   would leave the loser of a race a DuplicateKeyError to interpret, in a race that
+   a server running one command at a time never produces, so no test could force
+   it; every interleaving of these steps can be forced, and ends the same.)
 4. The attempt that inserted a tally's events adds it right after. Anyone else who
    meets events whose tally is missing from its minute (a replay of the call after
    the first attempt died, another writer of the same run, a resume) adds it only
@@ -36,9 +40,10 @@ and the rest of the batch is written.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -64,6 +69,7 @@ T = TypeVar("T")
 Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
+WINDOW = 10_000  # line numbers per query when reading a whole run (see _by_window)
 STORAGE_ERROR = "storage_error"
 # What a counted event needs, when it is read back.
 EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
@@ -210,18 +216,34 @@ class MongoWriter:
                 {"run_id": run_id, "line": line}, EVENT_FIELDS))
         return done
 
-    def _events_by_line(self, run_id: str, page: int = 50_000) -> Iterable[dict]:
-        """The run's events in line order, a page per query: no cursor lives for minutes."""
+    def _events_by_line(self, run_id: str) -> Iterable[dict]:
+        """The run's events in line order."""
+        return self._by_window(run_id, lambda query: self.db[store.EVENTS].find(
+            query, {"_id": 0, "line": 1, "tally": 1, "finished_at": 1}).sort("line", 1))
+
+    def _by_window(self, run_id: str, read: Callable[[dict], Iterable[T]],
+                   window: int = WINDOW) -> Iterator[T]:
+        """``read`` over every event of the run, ``window`` line numbers per query, in order.
+
+        No query touches more than a window's events, however long the run: SecantusDB
+        fetches and sorts every match of a query before its ``limit`` (a page of a
+        million-line run took minutes), and it answers nothing else meanwhile, so
+        pymongo's heartbeat gives up and cancels the query. A window that is empty
+        (a gap in the run's lines) is followed by a jump to the next line that has an
+        event, or the end.
+        """
         after = 0
         while True:
-            events = list(self.db[store.EVENTS].find(
-                {"run_id": run_id, "line": {"$gt": after}},
-                {"_id": 0, "line": 1, "tally": 1, "finished_at": 1},
-            ).sort("line", 1).limit(page))
-            yield from events
-            if len(events) < page:
-                return
-            after = events[-1]["line"]
+            found = list(read({"run_id": run_id, "line": {"$gt": after, "$lte": after + window}}))
+            yield from found
+            after += window
+            if not found:
+                following = self.db[store.EVENTS].find_one(
+                    {"run_id": run_id, "line": {"$gt": after}}, {"_id": 0, "line": 1},
+                    sort=[("line", 1)])
+                if following is None:
+                    return
+                after = following["line"] - 1
 
     def _tallies_of(self, minute: datetime) -> frozenset:
         doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
@@ -231,11 +253,11 @@ class MongoWriter:
         """Close a run with its totals, computed from its events (exact even after a resume)."""
 
         def finish() -> Counts:
-            groups = self.db[store.EVENTS].aggregate([
-                {"$match": {"run_id": run_id}},
+            groups = self._by_window(run_id, lambda query: self.db[store.EVENTS].aggregate([
+                {"$match": query},
                 {"$group": {"_id": {"status": "$status", "reason": "$reason",
                                     "duplicate": "$duplicate"}, "n": {"$sum": 1}}},
-            ])
+            ]))
             counts = Counts.of_events(group["_id"] | {"n": group["n"]} for group in groups)
             totals = {
                 "lines": counts.lines, "success": counts.success, "error": counts.error,
@@ -260,7 +282,8 @@ class MongoWriter:
         """Store a batch: its new images, one event per line, and the counters.
 
         Returns the outcomes of these lines as stored (a replay returns the first ones).
-        Three round trips when nothing was there before: images, events, minute.
+        Three round trips when nothing was there before: images, events, minute (five
+        for the first call in a minute, which creates it).
         """
         items = list(zip(lines, md5s, grays, strict=True))
         return self._retrying(lambda: self._write(run_id, items))
@@ -340,15 +363,22 @@ class MongoWriter:
         update = {"$inc": inc, "$push": {"tallies": tally}}
         guarded = {"minute": minute, "tallies": {"$ne": tally}}
         monitoring = self.db[store.MONITORING]
-        try:
-            result = monitoring.update_one(guarded, update, upsert=True)
-        except DuplicateKeyError:  # the minute exists now: retry, which adds or finds the tally
+        result = monitoring.update_one(guarded, update)
+        if result.matched_count == 0:  # the minute does not exist yet, or holds the tally
+            self._create_minute(minute)
             result = monitoring.update_one(guarded, update)
-        if result.upserted_id is None and result.modified_count == 0:
+        if result.modified_count == 0:
             return  # the minute held the tally: counted before
         for (status, reason), n in Counter(
                 (event["status"], event["reason"] or "none") for event in events).items():
             self.lines_metric.inc(n, tags={"status": status, "reason": reason})
+
+    def _create_minute(self, minute: datetime) -> None:
+        """Create an empty minute, unless it exists: writers that race to create it all
+        find one document afterwards (the losers meet it, or its unique index)."""
+        with contextlib.suppress(DuplicateKeyError):
+            self.db[store.MONITORING].update_one(
+                {"minute": minute}, {"$setOnInsert": {"success": 0, "error": 0}}, upsert=True)
 
     def _store_images(
         self, run_id: str, items: list[Item], now: datetime

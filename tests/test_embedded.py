@@ -85,9 +85,16 @@ class Run:
         wait_until(seen, repr(text), timeout)
 
     def signal(self, *signums: int, pause: float = 0.3) -> None:
-        """Signals to the whole process group, as a terminal sends Ctrl-C."""
+        """Signals to the whole process group, as a terminal sends Ctrl-C.
+
+        A group that is gone already (a fast machine stopped everything before the
+        next signal) gets no more: the sequence then ends early, it does not fail.
+        """
         for signum in signums:
-            os.killpg(self.process.pid, signum)
+            try:
+                os.killpg(self.process.pid, signum)
+            except ProcessLookupError:
+                return
             time.sleep(pause)
 
     def wait(self, timeout: float = 120.0) -> int:

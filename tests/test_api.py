@@ -366,6 +366,27 @@ def test_mongodb_down_gives_503_and_the_api_recovers(tmp_path: Path) -> None:
         assert _statuses(client) == {503}
 
 
+def test_a_mongodb_known_to_be_down_is_503_without_waiting_the_time_limit(
+    tmp_path: Path,
+) -> None:
+    """Once pymongo's monitor saw MongoDB refuse, a request does not wait its time limit
+    (here ten minutes) in server selection: it probes briefly and answers 503."""
+    mongo = EmbeddedMongo(tmp_path)  # nobody listens on its port yet
+    settings = Settings(mongo_uri=mongo.uri, db="itm", api_timeout=600)
+    with TestClient(create_app(settings, timeout_ms=300)) as client:
+        mongo_client = client.app.state.db.client
+        while not any(server.error for server in
+                      mongo_client.topology_description.server_descriptions().values()):
+            time.sleep(0.05)  # the monitor's first check, refused
+        with ThreadPoolExecutor(1) as pool:
+            response = pool.submit(client.get, "/images").result(timeout=60)
+        assert response.status_code == 503
+        assert response.json()["detail"] == "database unavailable (ServerSelectionTimeoutError)"
+        with mongo:
+            _wait_healthy(client)  # each probe asks pymongo to look again
+            assert client.get("/images").status_code == 200
+
+
 # --- bounds: a slow read, a missing reasons counter, too many charts -------------------------
 
 

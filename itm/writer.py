@@ -12,8 +12,9 @@ without transactions:
    inserted it, its ``tally`` (an ObjectId), and that attempt's lines (``batch``,
    as ranges). All events of a tally share one ``finished_at``, so one minute.
 3. A tally is added to its minute once, by one guarded upsert:
-   ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error`` and
-   ``reasons.<reason>``, ``$push`` of ``t``. Tallies stay in their minute for good
+   ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error``,
+   ``images`` (the lines that stored their image first: the API's image count)
+   and ``reasons.<reason>``, ``$push`` of ``t``. Tallies stay in their minute for good
    (never pulled), so adding a tally is idempotent whoever adds it and whenever. If
    the upsert hits the unique ``minute`` (another writer created the minute just
    now, or it holds the tally already), the update is retried without upsert: it
@@ -335,7 +336,8 @@ class MongoWriter:
         if not events:
             return
         counts = Counts.of_events(events)
-        inc = {"success": counts.success, "error": counts.error}
+        inc = {"success": counts.success, "error": counts.error,
+               "images": counts.success - counts.duplicates}  # a line that stored its image
         inc |= {f"reasons.{_key(reason)}": n for reason, n in counts.reasons.items()}
         update = {"$inc": inc, "$push": {"tallies": tally}}
         guarded = {"minute": minute, "tallies": {"$ne": tally}}

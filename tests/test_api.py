@@ -412,6 +412,34 @@ def test_totals_count_minutes_without_reasons(client: TestClient, db: Database) 
     assert '<td><code>timeout</code></td><td class="n">1</td>' in page
 
 
+def test_images_count_from_the_counters_when_every_minute_has_them(
+    client: TestClient, db: Database
+) -> None:
+    db[MONITORING].insert_many([{"minute": START, "success": 3, "error": 0, "images": 2},
+                                {"minute": START + timedelta(minutes=1), "success": 1,
+                                 "error": 0, "images": 1}])
+    assert "<div>images stored<b>3</b></div>" in client.get("/").text  # none in `images`
+    db[MONITORING].insert_one({"minute": START + timedelta(minutes=2), "success": 1, "error": 0})
+    assert "<div>images stored<b>0</b></div>" in client.get("/").text  # counted in `images`
+
+
+def test_pages_span_the_read_windows_in_order(client: TestClient, db: Database) -> None:
+    """Images seconds, hours and days before the last counted minute (and a millisecond
+    shared by several) page newest first, each once, whichever window serves a page."""
+    db[MONITORING].insert_one({"minute": START, "success": 1, "error": 0})
+    ages = [timedelta(seconds=s) for s in (-30, 5, 5, 5, 50, 700, 7200, 90000, 900000)]
+    db[IMAGES].insert_many([{"md5": f"{i:032x}", "width": 1, "height": 1,
+                             "inserted_at": START - age} for i, age in enumerate(ages)])
+    expected = [f"{i:032x}" for i in sorted(range(len(ages)), key=lambda i: (ages[i], -i))]
+    seen, cursor = [], None
+    while True:
+        page = client.get("/images", params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        seen += [item["md5"] for item in page.json()["items"]]
+        if (cursor := page.json()["next"]) is None:
+            break
+    assert seen == expected
+
+
 def test_too_many_charts_at_once_is_503(client: TestClient, data: ApiData) -> None:
     gate = threading.Event()
     drawing = threading.Semaphore(0)

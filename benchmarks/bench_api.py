@@ -17,11 +17,12 @@ environment its processes start with):
 
 For each endpoint it sends a bounded number of requests from 1, 16 and 64
 client threads (keep-alive connections) and prints the throughput, the p50/p99
-latency and the ratios to uvicorn. ``GET /openapi.json`` (cached by FastAPI: no
-MongoDB) is the null request: the price of the server path alone. Each
-response's ``Server-Timing`` says how long the app itself took; the rest
-("path") is the server around it. Last, the seconds each server took to stop
-after SIGTERM.
+latency, the CPU per request (of the process owning the port: uvicorn or the
+replica; and of the rest of the server's process tree) and the ratios to
+uvicorn. ``GET /openapi.json`` (cached by FastAPI: no MongoDB) is the null
+request: the price of the server path alone. Each response's ``Server-Timing``
+says how long the app itself took; the rest ("path") is the server around it.
+Last, the seconds each server took to stop after SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
@@ -72,6 +74,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     app_p50_ms: float  # the app's own time, from Server-Timing
+    server_cpu_ms: float  # CPU per request of the process that owns the port (uvicorn, replica)
+    rest_cpu_ms: float  # CPU per request of the other processes of its tree (Ray's, the proxy)
 
     @property
     def path_ms(self) -> float:
@@ -142,18 +146,44 @@ def load(
     return wall, latencies, app_times
 
 
-def measure(server: str, base: str, targets: list[Endpoint]) -> list[Result]:
+def cpu_seconds(root: psutil.Process, port: int) -> tuple[float, float]:
+    """CPU seconds so far of the process listening on ``port``, and of the rest of the tree
+    under ``root`` (the server's own process included)."""
+    owner = next(c.pid for c in psutil.net_connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port)
+    server = rest = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        if process.pid == owner:
+            server += times.user + times.system
+        else:
+            rest += times.user + times.system
+    return server, rest
+
+
+def measure(server: str, base: str, root: psutil.Process, targets: list[Endpoint]) -> list[Result]:
     results = []
+    port = int(base.rsplit(":", 1)[1])
     for endpoint in targets:
         for clients in CLIENTS:
+            cpu_before = cpu_seconds(root, port)
             wall, latencies, app_times = load(base, endpoint.path, clients, endpoint.requests)
+            cpu_after = cpu_seconds(root, port)
+            server_cpu, rest_cpu = (
+                (after - before) / len(latencies) * 1e3
+                for before, after in zip(cpu_before, cpu_after, strict=True)
+            )
             cuts = statistics.quantiles(latencies, n=100, method="inclusive")
             result = Result(server, endpoint.name, clients, len(latencies), wall,
-                            cuts[49] * 1e3, cuts[98] * 1e3, statistics.median(app_times) * 1e3)
+                            cuts[49] * 1e3, cuts[98] * 1e3, statistics.median(app_times) * 1e3,
+                            server_cpu, rest_cpu)
             print(f"  {server:10} {endpoint.name:26} {clients:>2} clients  "
                   f"{result.per_second:7.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                  f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:6.2f} ms",
-                  flush=True)
+                  f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:6.2f} ms  "
+                  f"CPU/request {server_cpu:5.2f} + {rest_cpu:5.2f} ms", flush=True)
             results.append(result)
     return results
 
@@ -186,7 +216,7 @@ def path_env(path: str, port: int) -> dict[str, str]:
 
 
 @contextmanager
-def server_process(server: str, uri: str) -> Iterator[tuple[str, list[float]]]:
+def server_process(server: str, uri: str) -> Iterator[tuple[str, psutil.Process, list[float]]]:
     """The app in its own process; yields its base URL and, after the block, the stop time."""
     port = free_port()
     env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": DB, "PYTHONPATH": os.getcwd()}
@@ -201,7 +231,7 @@ def server_process(server: str, uri: str) -> Iterator[tuple[str, list[float]]]:
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base)
-        yield base, stopped
+        yield base, psutil.Process(process.pid), stopped
     finally:
         started = time.perf_counter()
         process.send_signal(signal.SIGTERM)
@@ -247,7 +277,9 @@ def report(results: list[Result], servers: list[str]) -> None:
               f"req/s x{result.per_second / base.per_second:5.2f}  "
               f"p50 {result.p50_ms - base.p50_ms:+7.2f} ms "
               f"(app {result.app_p50_ms - base.app_p50_ms:+6.2f}, "
-              f"path {result.path_ms - base.path_ms:+6.2f})")
+              f"path {result.path_ms - base.path_ms:+6.2f})  "
+              f"CPU/request {result.server_cpu_ms:5.2f} + {result.rest_cpu_ms:5.2f} ms "
+              f"(uvicorn {base.server_cpu_ms:5.2f})")
     if CHOSEN not in servers:
         return
     print(f"\nTargets of the chosen path ({CHOSEN}):")
@@ -284,9 +316,9 @@ def main(argv: list[str] | None = None) -> None:
               + ", ".join(f"{e.name}: {e.requests}" for e in targets), flush=True)
         results: list[Result] = []
         for server in servers:
-            with server_process(server, uri) as (base, stopped):
-                print(f"{server} at {base}", flush=True)
-                results += measure(server, base, targets)
+            with server_process(server, uri) as (base, root, stopped):
+                print(f"{server} at {base}; load average {os.getloadavg()[0]:.1f}", flush=True)
+                results += measure(server, base, root, targets)
             stop_times[server] = stopped[0]
     report(results, servers)
     print("\nSeconds from SIGTERM to exit: "

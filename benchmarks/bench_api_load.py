@@ -109,10 +109,14 @@ def report(title: str, outcomes: list[Outcome], wall: float) -> None:
     statuses = Counter(o.status for o in outcomes)
     unavailable = [o.seconds for o in outcomes if o.status == 503]
     bad = sum(n for status, n in statuses.items() if status >= 500 and status != 503)
+    accepted = [o.seconds for o in outcomes if o.status != 503]
+    ok_cuts = statistics.quantiles(accepted, n=100, method="inclusive") if accepted else cuts
     print(f"\n{title}: {len(outcomes)} requests from {CLIENTS} clients in {wall:.1f} s "
-          f"({len(outcomes) / wall:.0f} req/s)")
+          f"({len(outcomes) / wall:.0f} req/s, {len(accepted) / wall:.0f} accepted/s)")
     print(f"  statuses {dict(sorted(statuses.items()))}; p50 {cuts[49] * 1e3:.0f} ms, "
-          f"p99 {cuts[98] * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms")
+          f"p99 {cuts[98] * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms; "
+          f"accepted (not 503) p50 {ok_cuts[49] * 1e3:.0f} ms, p99 {ok_cuts[98] * 1e3:.0f} ms; "
+          f"503 rate {len(unavailable) / len(outcomes):.1%}")
     if unavailable:
         print(f"  503: {len(unavailable)}, slowest {max(unavailable) * 1e3:.0f} ms, "
               f"p50 {statistics.median(unavailable) * 1e3:.0f} ms, "
@@ -128,14 +132,16 @@ def report(title: str, outcomes: list[Outcome], wall: float) -> None:
 
 
 @contextmanager
-def itm_api(uri: str, tmp: Path) -> Iterator[str]:
-    """``python -m itm.run`` on a one-line input against ``uri``, serving on 127.0.0.1."""
+def itm_api(uri: str, tmp: Path, ongoing: int, queued: int) -> Iterator[str]:
+    """``python -m itm.run`` on a one-line input against ``uri``, serving on 127.0.0.1 with
+    ``ongoing`` requests at once per replica and ``queued`` more in its queue."""
     urls = tmp / "urls.txt"
     urls.write_text("not a url\n")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "ITM_ALLOW_PRIVATE_ADDRESSES": "1",
            "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+           "ITM_API_MAX_ONGOING": str(ongoing), "ITM_API_MAX_QUEUED": str(queued)}
     itm = subprocess.Popen(
         [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", uri, "--db", DB,
          "--port", str(port), "--no-dashboard"],
@@ -154,9 +160,18 @@ def itm_api(uri: str, tmp: Path) -> Iterator[str]:
         itm.communicate(timeout=120)
 
 
+def bounds(text: str) -> tuple[int, int]:
+    ongoing, _, queued = text.partition(":")
+    return int(ongoing), int(queued)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
+    parser.add_argument(
+        "--bounds", type=bounds, nargs="+", default=[(32, 64)], metavar="ONGOING:QUEUED",
+        help="the replica's max_ongoing_requests:max_queued_requests to load, each in its own "
+        "itm.run; the outage runs against the first (default 32:64)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         mongo = EmbeddedMongo(Path(tmp))
@@ -164,31 +179,41 @@ def main(argv: list[str] | None = None) -> None:
             client = connect(uri)
             md5s = generate(client[DB], 200_000, 20_000)
             client.close()
-            with itm_api(uri, Path(tmp)) as base:
-                print(f"itm's API at {base}", flush=True)
-                load(base, paths(md5s, 200, seed=0))  # warm up: connections, code paths
-                started = time.perf_counter()
-                outcomes = load(base, paths(md5s, args.requests))
-                report("steady", outcomes, time.perf_counter() - started)
+            for index, (ongoing, queued) in enumerate(args.bounds):
+                with itm_api(uri, Path(tmp), ongoing, queued) as base:
+                    print(f"itm's API at {base}, max_ongoing_requests {ongoing}, "
+                          f"max_queued_requests {queued}; load average "
+                          f"{os.getloadavg()[0]:.1f}", flush=True)
+                    load(base, paths(md5s, 200, seed=0))  # warm up: connections, code paths
+                    started = time.perf_counter()
+                    outcomes = load(base, paths(md5s, args.requests))
+                    report(f"steady, {ongoing}:{queued}", outcomes,
+                           time.perf_counter() - started)
+                    if index == 0:
+                        outage(base, mongo, md5s, args.requests)
 
-                def outage() -> None:
-                    time.sleep(5)
-                    mongo.stop()
-                    print("  MongoDB stopped", flush=True)
-                    time.sleep(5)
-                    mongo.start()
-                    print("  MongoDB back", flush=True)
 
-                fault = threading.Thread(target=outage)
-                started = time.perf_counter()
-                fault.start()
-                outcomes = load(base, paths(md5s, args.requests, seed=2))
-                fault.join()
-                wall = time.perf_counter() - started
-                report("MongoDB stopped for 5 s from t=5 s", outcomes, wall)
-                last = max((o.at for o in outcomes if o.status != 200), default=0.0)
-                tail = [o for o in outcomes if o.at > last]
-                print(f"  last non-200 at t={last:.1f} s; after it {len(tail)} requests, all 200")
+def outage(base: str, mongo: EmbeddedMongo, md5s: list[str], requests: int) -> None:
+    """The same load while MongoDB is stopped from t=5 s to t=10 s."""
+
+    def stop_and_start() -> None:
+        time.sleep(5)
+        mongo.stop()
+        print("  MongoDB stopped", flush=True)
+        time.sleep(5)
+        mongo.start()
+        print("  MongoDB back", flush=True)
+
+    fault = threading.Thread(target=stop_and_start)
+    started = time.perf_counter()
+    fault.start()
+    outcomes = load(base, paths(md5s, requests, seed=2))
+    fault.join()
+    wall = time.perf_counter() - started
+    report("MongoDB stopped for 5 s from t=5 s", outcomes, wall)
+    last = max((o.at for o in outcomes if o.status != 200), default=0.0)
+    tail = [o for o in outcomes if o.at > last]
+    print(f"  last non-200 at t={last:.1f} s; after it {len(tail)} requests, all 200")
 
 
 if __name__ == "__main__":

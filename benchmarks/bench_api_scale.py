@@ -43,7 +43,8 @@ BATCH = 10_000
 
 def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[str]:
     """Write ``events`` events (one in ten an error) over ``minutes`` minutes, their
-    per-minute counters (with ``reasons``) and ``images`` small images; return the md5s."""
+    per-minute counters (with ``reasons``) and ``images`` small images inserted over the
+    same minutes, as a job stores them; return the md5s."""
     from PIL import Image
 
     ensure_indexes(db)
@@ -52,8 +53,9 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
     for first in range(0, images, BATCH):
         db[IMAGES].insert_many([
             {"md5": md5s[i], "width": 8, "height": 8, "mode": "L", "gray": png,
-             "source_url": f"https://example.test/{i}", "inserted_at":
-             START + timedelta(milliseconds=i), "run_id": "bench", "line": i + 1}
+             "source_url": f"https://example.test/{i}",
+             "inserted_at": START + timedelta(minutes=minutes) * i / images,
+             "run_id": "bench", "line": i + 1}
             for i in range(first, min(first + BATCH, images))
         ])
     counters: dict[int, dict] = {}
@@ -63,7 +65,8 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
             minute = i * minutes // events
             error = i % 10 == 9
             reason = REASONS[i // 10 % len(REASONS)] if error else None
-            tally = counters.setdefault(minute, {"success": 0, "error": 0, "reasons": {}})
+            tally = counters.setdefault(
+                minute, {"success": 0, "error": 0, "images": 0, "reasons": {}})
             if error:
                 tally["error"] += 1
                 tally["reasons"][reason] = tally["reasons"].get(reason, 0) + 1
@@ -76,6 +79,8 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
                 "finished_at": START + timedelta(minutes=minute), "counted": True,
             })
         db[EVENTS].insert_many(batch)
+    for i in range(images):  # as the writer counts them: in the minute each was stored
+        counters[i * minutes // images]["images"] += 1
     db[MONITORING].insert_many([
         {"minute": START + timedelta(minutes=minute), **tally}
         for minute, tally in sorted(counters.items())

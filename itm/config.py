@@ -46,6 +46,13 @@ class Settings:
         2.0, "seconds the reads of one API request may take in MongoDB (sent as maxTimeMS): "
         "past it the request is a 503, never a hung one"
     )
+    api_max_ongoing: int = _opt(
+        32, "API requests one Serve replica runs at once (Serve's max_ongoing_requests)"
+    )
+    api_max_queued: int = _opt(
+        64, "API requests queued in front of the replicas before the next one is a 503 at "
+        "once (Serve's max_queued_requests): a bounded wait, never a pile-up"
+    )
     dashboard: bool | None = _opt(
         None, "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "
         "(without it, a --no-serve run starts a leaner local Ray: fewer processes, sooner up)"
@@ -103,7 +110,8 @@ class Settings:
     mongo_retry_seconds: float = _opt(60.0, "how long the writer retries while MongoDB is away")
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "batch_size", "port", "max_bytes", "max_pixels"):
+        for name in ("concurrency", "batch_size", "port", "max_bytes", "max_pixels",
+                     "api_max_ongoing", "api_max_queued"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("connect_timeout", "read_timeout", "deadline", "api_timeout"):

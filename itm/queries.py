@@ -29,6 +29,14 @@ MD5_RE = re.compile(r"[0-9a-f]{32}")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NEWEST_FIRST = [("inserted_at", DESCENDING), ("md5", DESCENDING)]  # matches an index of store
 CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
+# A page of images is read from the narrowest window of inserted_at, back from the newest
+# counted minute's end (or the cursor), that holds it, before the whole collection: SecantusDB
+# 0.7 (the embedded default) reads every document a query matches before it applies the
+# limit, so an unbounded newest-first page costs the whole collection there; a range of
+# the (inserted_at, md5) index costs what it holds, on MongoDB and SecantusDB alike.
+# Any window gives the right page when it holds one (it has every newer image); the
+# newest minute only makes the first one likely to.
+PAGE_WINDOWS = tuple(timedelta(seconds=s) for s in (10, 60, 600, 3600, 86400))
 # Of a monitoring document, only its counters: the writer adds bookkeeping fields.
 BUCKET_FIELDS = {"_id": 0, "minute": 1, "success": 1, "error": 1}
 
@@ -93,16 +101,31 @@ def image_page(
     """Up to ``limit`` images, newest first, after the cursor position; and the next cursor.
 
     Keyset paging on (``inserted_at``, ``md5``), so a page costs the same however
-    deep it is and stays stable while the job inserts.
+    deep it is and stays stable while the job inserts. The page is read from the
+    narrowest of ``PAGE_WINDOWS`` of ``inserted_at`` that holds it (see there).
     """
-    query: dict[str, Any] = {}
-    if after is not None:
-        at, md5 = after
-        query = {"$or": [{"inserted_at": {"$lt": at}}, {"inserted_at": at, "md5": {"$lt": md5}}]}
-    docs = list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit + 1))
-    if len(docs) <= limit:
-        return docs, None
-    return docs[:limit], encode_cursor(docs[limit - 1])
+    newer: list[dict[str, Any]] = []  # after the cursor, in its own millisecond
+    before: dict[str, datetime] = {}
+    if after is None:  # the end of the minute of the last counted line
+        last = _edge_minute(db, DESCENDING)
+        newest = None if last is None else last + timedelta(minutes=1)
+    else:
+        newest, md5 = after
+        newer = _cards(db, {"inserted_at": newest, "md5": {"$lt": md5}}, limit + 1)
+        before = {"$lt": newest}
+    docs = newer
+    for window in (*(PAGE_WINDOWS if newest is not None else ()), None):
+        bounds = before if window is None else {**before, "$gte": newest - window}
+        docs = newer + _cards(db, {"inserted_at": bounds} if bounds else {}, limit + 1)
+        if len(docs) > limit:
+            return docs[:limit], encode_cursor(docs[limit - 1])
+    return docs, None
+
+
+def _cards(db: Database, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` images of ``query``, newest first: separate index ranges, not an
+    ``$or`` (SecantusDB 0.7 scans the collection for one)."""
+    return list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit))
 
 
 def _edge_minute(db: Database, direction: int) -> datetime | None:
@@ -129,31 +152,38 @@ def histogram(
     return window, fill_buckets(window, docs)
 
 
-def summary(db: Database) -> tuple[Totals, list[tuple[str, int]]]:
-    """All-time successes and errors, and errors by reason (most frequent first).
+def summary(db: Database) -> tuple[Totals, list[tuple[str, int]], int | None]:
+    """All-time successes and errors, errors by reason (most frequent first), and the
+    number of images stored (``None`` when some minute predates that counter).
 
     Sums the per-minute counters (``reasons`` counts each minute's errors by
-    reason; documents older than it have none): O(minutes), never a scan of
-    ``events``.
+    reason, ``images`` the lines that stored their image first; documents older
+    than them have none): O(minutes), never a scan of ``events`` or ``images``.
     """
     facets = list(db[MONITORING].aggregate([
-        {"$project": {"_id": 0, "success": 1, "error": 1,
+        {"$project": {"_id": 0, "success": 1, "error": 1, "images": 1,
                       "reasons": {"$objectToArray": {"$ifNull": ["$reasons", {}]}}}},
         {"$facet": {
-            "totals": [{"$group": {"_id": None, "success": {"$sum": "$success"},
-                                   "error": {"$sum": "$error"}}}],
+            "totals": [{"$group": {
+                "_id": None, "success": {"$sum": "$success"}, "error": {"$sum": "$error"},
+                "images": {"$sum": "$images"},
+                "uncounted": {"$sum": {"$cond": [
+                    {"$eq": [{"$ifNull": ["$images", None]}, None]}, 1, 0]}},
+            }}],
             "reasons": [{"$unwind": "$reasons"},
                         {"$group": {"_id": "$reasons.k", "count": {"$sum": "$reasons.v"}}}],
         }},
     ]))
     sums = facets[0]["totals"] if facets else []
     totals = Totals(sums[0]["success"], sums[0]["error"]) if sums else Totals(0, 0)
+    images = (sums[0]["images"] if not sums[0]["uncounted"] else None) if sums else 0
     rows = facets[0]["reasons"] if facets else []
     reasons = sorted(((row["_id"], row["count"]) for row in rows if row["count"]),
                      key=lambda pair: (-pair[1], pair[0]))
-    return totals, reasons
+    return totals, reasons, images
 
 
 def image_count(db: Database) -> int:
-    """From the collection's metadata: O(1), however many images there are."""
+    """From the collection's metadata: O(1) on MongoDB, however many images there are
+    (SecantusDB 0.7 counts them: ``summary``'s count, when it has one, is cheaper)."""
     return db[IMAGES].estimated_document_count()

@@ -31,13 +31,6 @@ from itm.embedded import free_port
 
 APP_NAME = "itm"
 
-# Sized for 2 cores (re-measure with benchmarks/bench_api_load.py): 32 requests in the
-# app at once keep a dashboard's 24 image requests from waiting behind each other
-# (Serve's default of 5 queues them), and beyond 64 more in the queue a request would
-# wait seconds: it gets a 503 at once instead, and its client may retry.
-MAX_ONGOING_REQUESTS = 32
-MAX_QUEUED_REQUESTS = 64
-
 # Serve reads its switches from the environment when each of its processes starts,
 # so they are set before ``ray.init`` starts a local Ray; a variable the user set wins.
 # The trims of the request path (both paths): user code and router on the replica's
@@ -90,8 +83,6 @@ def direct_ingress_on(port: int) -> bool:
 @serve.deployment(
     name="itm-api",
     ray_actor_options={"num_cpus": 0},
-    max_ongoing_requests=MAX_ONGOING_REQUESTS,
-    max_queued_requests=MAX_QUEUED_REQUESTS,
     # Requests in flight are finished when it stops; checked every 0.2 s, not 2 s.
     graceful_shutdown_wait_loop_s=0.2,
     graceful_shutdown_timeout_s=10,
@@ -106,9 +97,12 @@ class ApiDeployment:
 
 
 def api_application(settings: Settings) -> Application:
-    """The bound deployment; fails here, before any replica starts, without a MongoDB URI."""
+    """The bound deployment, with the request bounds of ``settings``; fails here, before
+    any replica starts, without a MongoDB URI."""
     require_mongo_uri(settings)
-    return ApiDeployment.bind(settings)
+    bounds = ApiDeployment.options(max_ongoing_requests=settings.api_max_ongoing,
+                                   max_queued_requests=settings.api_max_queued)
+    return bounds.bind(settings)
 
 
 def serve_api(settings: Settings, timeout: float = 30.0) -> None:

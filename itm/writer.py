@@ -12,7 +12,8 @@ without transactions:
    inserted it, its ``tally`` (an ObjectId), and that attempt's lines (``batch``,
    as ranges). All events of a tally share one ``finished_at``, so one minute.
 3. A tally is added to its minute once, by one guarded update:
-   ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error`` and
+   ``{minute, tallies: {$ne: t}}`` → ``$inc`` of ``success``, ``error``,
+   ``images`` (the lines that stored their image first: the API's image count) and
    ``reasons.<reason>``, ``$push`` of ``t``. Tallies stay in their minute for good
    (never pulled), so adding a tally is idempotent whoever adds it and whenever.
    When the update matches nothing (no such minute yet, or it holds the tally), the
@@ -358,7 +359,8 @@ class MongoWriter:
         if not events:
             return
         counts = Counts.of_events(events)
-        inc = {"success": counts.success, "error": counts.error}
+        inc = {"success": counts.success, "error": counts.error,
+               "images": counts.success - counts.duplicates}  # a line that stored its image
         inc |= {f"reasons.{_key(reason)}": n for reason, n in counts.reasons.items()}
         update = {"$inc": inc, "$push": {"tallies": tally}}
         guarded = {"minute": minute, "tallies": {"$ne": tally}}
@@ -378,7 +380,8 @@ class MongoWriter:
         find one document afterwards (the losers meet it, or its unique index)."""
         with contextlib.suppress(DuplicateKeyError):
             self.db[store.MONITORING].update_one(
-                {"minute": minute}, {"$setOnInsert": {"success": 0, "error": 0}}, upsert=True)
+                {"minute": minute}, {"$setOnInsert": {"success": 0, "error": 0, "images": 0}},
+                upsert=True)
 
     def _store_images(
         self, run_id: str, items: list[Item], now: datetime

@@ -366,6 +366,27 @@ def test_mongodb_down_gives_503_and_the_api_recovers(tmp_path: Path) -> None:
         assert _statuses(client) == {503}
 
 
+def test_a_mongodb_known_to_be_down_is_503_without_waiting_the_time_limit(
+    tmp_path: Path,
+) -> None:
+    """Once pymongo's monitor saw MongoDB refuse, a request does not wait its time limit
+    (here ten minutes) in server selection: it probes briefly and answers 503."""
+    mongo = EmbeddedMongo(tmp_path)  # nobody listens on its port yet
+    settings = Settings(mongo_uri=mongo.uri, db="itm", api_timeout=600)
+    with TestClient(create_app(settings, timeout_ms=300)) as client:
+        mongo_client = client.app.state.db.client
+        while not any(server.error for server in
+                      mongo_client.topology_description.server_descriptions().values()):
+            time.sleep(0.05)  # the monitor's first check, refused
+        with ThreadPoolExecutor(1) as pool:
+            response = pool.submit(client.get, "/images").result(timeout=60)
+        assert response.status_code == 503
+        assert response.json()["detail"] == "database unavailable (ServerSelectionTimeoutError)"
+        with mongo:
+            _wait_healthy(client)  # each probe asks pymongo to look again
+            assert client.get("/images").status_code == 200
+
+
 # --- bounds: a slow read, a missing reasons counter, too many charts -------------------------
 
 
@@ -389,6 +410,34 @@ def test_totals_count_minutes_without_reasons(client: TestClient, db: Database) 
     page = client.get("/").text
     assert "<div>lines processed<b>6</b></div>" in page
     assert '<td><code>timeout</code></td><td class="n">1</td>' in page
+
+
+def test_images_count_from_the_counters_when_every_minute_has_them(
+    client: TestClient, db: Database
+) -> None:
+    db[MONITORING].insert_many([{"minute": START, "success": 3, "error": 0, "images": 2},
+                                {"minute": START + timedelta(minutes=1), "success": 1,
+                                 "error": 0, "images": 1}])
+    assert "<div>images stored<b>3</b></div>" in client.get("/").text  # none in `images`
+    db[MONITORING].insert_one({"minute": START + timedelta(minutes=2), "success": 1, "error": 0})
+    assert "<div>images stored<b>0</b></div>" in client.get("/").text  # counted in `images`
+
+
+def test_pages_span_the_read_windows_in_order(client: TestClient, db: Database) -> None:
+    """Images seconds, hours and days before the last counted minute (and a millisecond
+    shared by several) page newest first, each once, whichever window serves a page."""
+    db[MONITORING].insert_one({"minute": START, "success": 1, "error": 0})
+    ages = [timedelta(seconds=s) for s in (-30, 5, 5, 5, 50, 700, 7200, 90000, 900000)]
+    db[IMAGES].insert_many([{"md5": f"{i:032x}", "width": 1, "height": 1,
+                             "inserted_at": START - age} for i, age in enumerate(ages)])
+    expected = [f"{i:032x}" for i in sorted(range(len(ages)), key=lambda i: (ages[i], -i))]
+    seen, cursor = [], None
+    while True:
+        page = client.get("/images", params={"limit": 2, **({"cursor": cursor} if cursor else {})})
+        seen += [item["md5"] for item in page.json()["items"]]
+        if (cursor := page.json()["next"]) is None:
+            break
+    assert seen == expected
 
 
 def test_too_many_charts_at_once_is_503(client: TestClient, data: ApiData) -> None:

@@ -44,6 +44,7 @@ def assert_exact(db: Database, run_id: str, lines: int) -> None:
     assert by_reason == Counter(e["reason"] for e in events if e["status"] == "error")
     md5s = {event["md5"] for event in events if event["status"] == "success"}
     assert sorted(image["md5"] for image in db.images.find()) == sorted(md5s)
+    assert sum(m["images"] for m in minutes) == len(md5s)
 
 
 def sample_batch() -> tuple[list[tuple[int, str]], list, list]:

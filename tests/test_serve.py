@@ -29,8 +29,6 @@ from itm.embedded import EmbeddedMongo, free_port
 from itm.ray_runtime import LOCAL_ENV
 from itm.serving import (
     APP_NAME,
-    MAX_ONGOING_REQUESTS,
-    MAX_QUEUED_REQUESTS,
     SERVE_ENV,
     ApiDeployment,
     serve_api,
@@ -177,5 +175,6 @@ def test_serve_config_matches_the_deployment() -> None:
     assert app.runtime_env["env_vars"] == SERVE_ENV
     (deployment,) = app.deployments
     assert deployment.name == ApiDeployment.name
-    assert deployment.max_ongoing_requests == MAX_ONGOING_REQUESTS
-    assert deployment.max_queued_requests == MAX_QUEUED_REQUESTS
+    defaults = Settings()
+    assert deployment.max_ongoing_requests == defaults.api_max_ongoing
+    assert deployment.max_queued_requests == defaults.api_max_queued

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -24,13 +24,13 @@ from pymongo import timeout as mongo_timeout
 from pymongo.database import Database
 from pymongo.errors import ExecutionTimeout, NetworkTimeout, PyMongoError
 
-from itm import __version__, queries
+from itm import __version__, queries, runview
 from itm.chart import histogram_png
 from itm.coalesce import Busy
 from itm.config import Settings
 from itm.dashboard import render_dashboard
 from itm.histogram import totals
-from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem
+from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem, Run, RunPage
 from itm.store import connect
 from itm.timing import ServerTimingMiddleware
 
@@ -45,6 +45,7 @@ PNG = "image/png"
 DEFAULT_PAGE = 24
 MAX_PAGE = 200
 GALLERY_SIZE = 24
+RECENT_RUNS = 10
 
 ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
@@ -289,19 +290,66 @@ def monitoring(
     return Response(histogram_png(buckets, empty), media_type=PNG)
 
 
+def _runs(request: Request, db: Database, docs: Sequence[dict[str, Any]]) -> list[Run]:
+    now = datetime.now(timezone.utc)
+    return [runview.view(doc, queries.run_totals(db, doc), now,
+                         request.url_for("get_run", run_id=doc["_id"]).path) for doc in docs]
+
+
+@router.get(
+    "/runs",
+    responses={400: {"model": Problem, "description": "malformed cursor"}, **ERRORS},
+    summary="The runs, newest first, a page at a time: status, totals, progress",
+)
+def list_runs(
+    request: Request,
+    db: DB,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="runs per page")] = DEFAULT_PAGE,
+    cursor: Annotated[
+        str | None, Query(max_length=400, description="`next` of the previous page")
+    ] = None,
+) -> RunPage:
+    try:
+        after = None if cursor is None else queries.decode_cursor(cursor, queries.RUN_ID_RE)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    with bounded(request):
+        docs, next_cursor = queries.run_page(db, limit, after)
+        items = _runs(request, db, docs)
+    return RunPage(items=items, next=next_cursor)
+
+
+@router.get(
+    "/runs/{run_id}",
+    responses={404: {"model": Problem, "description": "no run with this id"}, **ERRORS},
+    summary="One run: status, totals by status and reason, progress and its oldest lines "
+    "in flight while it runs, retry links",
+)
+def get_run(
+    request: Request, db: DB, run_id: Annotated[str, Path(max_length=200)]
+) -> Run:
+    with bounded(request):
+        doc = queries.run(db, run_id)
+        if doc is None:
+            raise HTTPException(404, f"no run {run_id}")
+        (view,) = _runs(request, db, [doc])
+    return view
+
+
 @router.get(
     "/",
     response_class=HTMLResponse,
     responses=ERRORS,
-    summary="The dashboard: totals, histogram, errors by reason, newest images",
+    summary="The dashboard: totals, recent runs, histogram, errors by reason, newest images",
 )
 def dashboard(request: Request, db: DB) -> HTMLResponse:
     with bounded(request):
         docs, _ = queries.image_page(db, GALLERY_SIZE)
         totals, reasons = queries.summary(db)
         images = queries.image_count(db)
+        runs = _runs(request, db, queries.run_page(db, RECENT_RUNS)[0])
     page = render_dashboard(
-        totals=totals, images=images, reasons=reasons, recent=_items(request, docs)
+        totals=totals, images=images, reasons=reasons, recent=_items(request, docs), runs=runs
     )
     return HTMLResponse(page)
 

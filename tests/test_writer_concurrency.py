@@ -29,6 +29,8 @@ from itm.histogram import floor_minute
 from itm.imaging import GrayImage
 from itm.lines import read_lines
 from itm.pipeline import run_batches
+from itm.runview import sum_counters
+from itm.store import field_key
 from itm.urls import MAX_URL_LENGTH
 from itm.writer import Counts, MongoWriter, WriterActor, _bulk
 from tests.conftest import run_itm, write_urls
@@ -39,15 +41,20 @@ MINUTE = 1.0  # seconds
 SETTINGS = Settings(batch_size=32, concurrency=64, allow_private_addresses=True)
 
 
-def assert_consistent(db: Database, runs: dict[str, int]) -> None:
-    """Every line once per run; counters (all minutes) equal the events of all runs, by
-    status and by reason; each image once, with exactly one first line."""
+def assert_consistent(db: Database, runs: dict[str, int | list[int]]) -> None:
+    """Every line once per run (lines 1..n, or the lines listed); counters (all minutes)
+    equal the events of all runs, by status and by reason, and each run's own counters
+    (``by_run``) its events; each image once, with exactly one first line."""
     events = list(db.events.find({}, {"run_id": 1, "line": 1, "status": 1, "reason": 1,
                                       "md5": 1, "duplicate": 1}))
+    minutes = list(db.monitoring.find())
     for run_id, lines in runs.items():
         numbers = sorted(event["line"] for event in events if event["run_id"] == run_id)
-        assert numbers == list(range(1, lines + 1))
-    minutes = list(db.monitoring.find())
+        assert numbers == (sorted(lines) if isinstance(lines, list) else
+                           list(range(1, lines + 1)))
+        mine = [event for event in events if event["run_id"] == run_id]
+        counted = sum_counters(m.get("by_run", {}).get(field_key(run_id), {}) for m in minutes)
+        assert counted.model_dump() == Counts.of_events(mine).as_totals()
     statuses = Counter(event["status"] for event in events)
     assert sum(m["success"] for m in minutes) == statuses["success"]
     assert sum(m["error"] for m in minutes) == statuses["error"]
@@ -147,7 +154,7 @@ def test_writers_racing_to_create_a_new_minute_lose_nothing(
 def test_a_tally_is_counted_only_once_complete(mongo_uri: str, db: Database) -> None:
     first = MongoWriter(mongo_uri, db.name)
     first.start_run("r1", "urls.txt", resume=False)
-    first._add = lambda tally, minute, events: None  # it dies before counting...
+    first._add = lambda run_id, tally, minute, events: None  # it dies before counting...
     first.write("r1", *sample(range(1, 5)))
     # ...and, seen from another writer, lines 3 and 4 of its insert have not landed yet.
     late = list(db.events.find({"line": {"$gte": 3}}))

@@ -197,6 +197,18 @@ def get_image(
     return StreamingResponse(chunks, media_type=PNG, headers=headers)
 
 
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="items per page")]
+Cursor = Annotated[str | None, Query(max_length=400, description="`next` of the previous page")]
+
+
+def _after(cursor: str | None, key: re.Pattern[str]) -> tuple[datetime, str] | None:
+    """Where a page starts: after the position of ``cursor``; a 400 if we did not issue it."""
+    try:
+        return None if cursor is None else queries.decode_cursor(cursor, key)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
     return [
         ImageItem(**doc, url=request.url_for("get_image", md5=doc["md5"]).path) for doc in docs
@@ -208,20 +220,10 @@ def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
     responses={400: {"model": Problem, "description": "malformed cursor"}, **ERRORS},
     summary="The stored images, newest first, a page at a time",
 )
-def list_images(
-    request: Request,
-    db: DB,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="images per page")] = DEFAULT_PAGE,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next` of the previous page")
-    ] = None,
-) -> ImagePage:
-    try:
-        after = None if cursor is None else queries.decode_cursor(cursor)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+def list_images(request: Request, db: DB, limit: Limit = DEFAULT_PAGE,
+                cursor: Cursor = None) -> ImagePage:
     with bounded(request):
-        docs, next_cursor = queries.image_page(db, limit, after)
+        docs, next_cursor = queries.image_page(db, limit, _after(cursor, queries.MD5_RE))
     return ImagePage(items=_items(request, docs), next=next_cursor)
 
 
@@ -301,20 +303,10 @@ def _runs(request: Request, db: Database, docs: Sequence[dict[str, Any]]) -> lis
     responses={400: {"model": Problem, "description": "malformed cursor"}, **ERRORS},
     summary="The runs, newest first, a page at a time: status, totals, progress",
 )
-def list_runs(
-    request: Request,
-    db: DB,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="runs per page")] = DEFAULT_PAGE,
-    cursor: Annotated[
-        str | None, Query(max_length=400, description="`next` of the previous page")
-    ] = None,
-) -> RunPage:
-    try:
-        after = None if cursor is None else queries.decode_cursor(cursor, queries.RUN_ID_RE)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+def list_runs(request: Request, db: DB, limit: Limit = DEFAULT_PAGE,
+              cursor: Cursor = None) -> RunPage:
     with bounded(request):
-        docs, next_cursor = queries.run_page(db, limit, after)
+        docs, next_cursor = queries.run_page(db, limit, _after(cursor, queries.RUN_ID_RE))
         items = _runs(request, db, docs)
     return RunPage(items=items, next=next_cursor)
 

@@ -20,6 +20,7 @@ from typing import Any
 import pymongo
 from gridfs import GridFSBucket, GridOut
 from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from itm.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
@@ -81,7 +82,7 @@ def encode_cursor(at: datetime, key: str) -> str:
     return base64.urlsafe_b64encode(f"{millis}.{key}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, key: re.Pattern[str] = MD5_RE) -> tuple[datetime, str]:
+def decode_cursor(cursor: str, key: re.Pattern[str]) -> tuple[datetime, str]:
     """The (date, key) a cursor resumes after: (``inserted_at``, ``md5``) of an image,
     (``started_at``, ``_id``) of a run; ``ValueError`` if malformed."""
     try:
@@ -104,14 +105,24 @@ def image_page(
     Keyset paging on (``inserted_at``, ``md5``), so a page costs the same however
     deep it is and stays stable while the job inserts.
     """
+    return _newest_first(db[IMAGES], CARD_FIELDS, NEWEST_FIRST, limit, after)
+
+
+def _newest_first(
+    collection: Collection, fields: dict[str, int], order: list[tuple[str, int]], limit: int,
+    after: tuple[datetime, str] | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of keyset paging on the index ``order`` (a date, then a unique key, both
+    descending); and the cursor of the next page."""
+    (at_field, _), (key_field, _) = order
     query: dict[str, Any] = {}
     if after is not None:
-        at, md5 = after
-        query = {"$or": [{"inserted_at": {"$lt": at}}, {"inserted_at": at, "md5": {"$lt": md5}}]}
-    docs = list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit + 1))
+        at, key = after
+        query = {"$or": [{at_field: {"$lt": at}}, {at_field: at, key_field: {"$lt": key}}]}
+    docs = list(collection.find(query, fields).sort(order).limit(limit + 1))
     if len(docs) <= limit:
         return docs, None
-    return docs[:limit], encode_cursor(docs[limit - 1]["inserted_at"], docs[limit - 1]["md5"])
+    return docs[:limit], encode_cursor(docs[limit - 1][at_field], docs[limit - 1][key_field])
 
 
 def _edge_minute(db: Database, direction: int) -> datetime | None:
@@ -179,14 +190,7 @@ def run_page(
 
     Keyset paging on the (``started_at``, ``_id``) index, as ``image_page``.
     """
-    query: dict[str, Any] = {}
-    if after is not None:
-        at, run_id = after
-        query = {"$or": [{"started_at": {"$lt": at}}, {"started_at": at, "_id": {"$lt": run_id}}]}
-    docs = list(db[RUNS].find(query, RUN_FIELDS).sort(RUNS_NEWEST_FIRST).limit(limit + 1))
-    if len(docs) <= limit:
-        return docs, None
-    return docs[:limit], encode_cursor(docs[limit - 1]["started_at"], docs[limit - 1]["_id"])
+    return _newest_first(db[RUNS], RUN_FIELDS, RUNS_NEWEST_FIRST, limit, after)
 
 
 def run_totals(db: Database, run: dict[str, Any]) -> RunTotals:

@@ -22,6 +22,7 @@ from pymongo.database import Database
 from itm.api import create_app
 from itm.config import Settings
 from itm.errors import Failure, parse_reasons
+from itm.fingerprint import fingerprint
 from itm.retry import merge
 from itm.runview import STALE_AFTER, status
 from itm.writer import MongoWriter
@@ -128,6 +129,26 @@ def test_retry_failed_attempts_exactly_the_failed_lines_and_links_the_runs(
     assert f'<a href="/runs/{second}">' in html and "finished" in html
 
 
+def test_retry_refuses_what_it_cannot_do(
+    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    urls = write_urls(tmp_path, [f"not a url {n}" for n in range(10)])
+    assert run_itm(mongo_uri, db.name, urls, "--retry-failed", "nope") == 1
+    assert "no run 'nope' to retry" in capsys.readouterr().err
+    MongoWriter(mongo_uri, db.name).start_run("done", str(urls), False, fingerprint(urls))
+    with pytest.raises(SystemExit) as usage:
+        run_itm(mongo_uri, db.name, urls, "--retry-failed", "done", "--reasons", "timeout,oops")
+    assert usage.value.code == 2
+    assert "unknown reason(s) oops; valid: " in capsys.readouterr().err
+    urls.write_text("not a url\n" * 12)  # another file now: its line numbers name other URLs
+    assert run_itm(mongo_uri, db.name, urls, "--retry-failed", "done") == 1
+    assert "--force-resume" in capsys.readouterr().err
+    urls.unlink()
+    assert run_itm(mongo_uri, db.name, urls, "--retry-failed", "done") == 1
+    assert "is gone" in capsys.readouterr().err
+
+
 def test_a_resumed_retry_processes_the_failed_lines_it_has_not_done(
     mongo_uri: str, db: Database, ray_local: None, tmp_path: Path, picsum: RecordingPicsum,
 ) -> None:
@@ -146,27 +167,6 @@ def test_a_resumed_retry_processes_the_failed_lines_it_has_not_done(
     assert run_itm(mongo_uri, db.name, urls, "--resume", "retry") == 0
     assert picsum.take() == sorted(path_of(lines[n - 1]) for n in todo[3:])
     assert_consistent(db, {first: LINES, "retry": todo})
-
-
-def test_retry_refuses_what_it_cannot_do(
-    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    urls = write_urls(tmp_path, [f"not a url {n}" for n in range(10)])
-    assert run_itm(mongo_uri, db.name, urls) == 0
-    (first,) = [run["_id"] for run in db.runs.find()]
-    assert run_itm(mongo_uri, db.name, urls, "--retry-failed", "nope") == 1
-    assert "no run 'nope' to retry" in capsys.readouterr().err
-    urls.write_text("not a url\n" * 12)  # another file now: its line numbers name other URLs
-    assert run_itm(mongo_uri, db.name, urls, "--retry-failed", first) == 1
-    assert "--force-resume" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as usage:
-        run_itm(mongo_uri, db.name, urls, "--retry-failed", first, "--reasons", "timeout,oops")
-    assert usage.value.code == 2
-    assert "unknown reason(s) oops; valid: " in capsys.readouterr().err
-    urls.unlink()
-    assert run_itm(mongo_uri, db.name, urls, "--retry-failed", first) == 1
-    assert "is gone" in capsys.readouterr().err
 
 
 def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(

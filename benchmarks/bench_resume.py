@@ -141,9 +141,6 @@ def main() -> None:
               f"+{held:.1f} MiB")
 
 
-if __name__ == "__main__":
-    main()
-
 
 def retry(lines: int, every: int) -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp) / "mongo") as uri:
@@ -170,3 +167,7 @@ def retry(lines: int, every: int) -> None:
         print(f"baseline: every failed (line, URL) of the run in the driver (a list of "
               f"{len(loaded):,}) +{rss_mib() - base:.1f} MiB")
         client.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -25,13 +25,13 @@ from pymongo import timeout as mongo_timeout
 from pymongo.database import Database
 from pymongo.errors import ExecutionTimeout, NetworkTimeout, PyMongoError
 
-from itm import __version__, queries
+from itm import __version__, queries, runview
 from itm.chart import histogram_png
 from itm.coalesce import Busy
 from itm.config import Settings
 from itm.dashboard import render_dashboard
 from itm.histogram import totals
-from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem
+from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem, Run, RunPage
 from itm.store import connect
 from itm.timing import ServerTimingMiddleware
 
@@ -50,6 +50,7 @@ PNG = "image/png"
 DEFAULT_PAGE = 24
 MAX_PAGE = 200
 GALLERY_SIZE = 24
+RECENT_RUNS = 10
 
 ISO_DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
 
@@ -219,6 +220,18 @@ def get_image(
     return StreamingResponse(chunks, media_type=PNG, headers=headers)
 
 
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="items per page")]
+Cursor = Annotated[str | None, Query(max_length=400, description="`next` of the previous page")]
+
+
+def _after(cursor: str | None, key: re.Pattern[str]) -> tuple[datetime, str] | None:
+    """Where a page starts: after the position of ``cursor``; a 400 if we did not issue it."""
+    try:
+        return None if cursor is None else queries.decode_cursor(cursor, key)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
 def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
     return [
         ImageItem(**doc, url=request.url_for("get_image", md5=doc["md5"]).path) for doc in docs
@@ -230,20 +243,10 @@ def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
     responses={400: {"model": Problem, "description": "malformed cursor"}, **ERRORS},
     summary="The stored images, newest first, a page at a time",
 )
-def list_images(
-    request: Request,
-    db: DB,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="images per page")] = DEFAULT_PAGE,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next` of the previous page")
-    ] = None,
-) -> ImagePage:
-    try:
-        after = None if cursor is None else queries.decode_cursor(cursor)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+def list_images(request: Request, db: DB, limit: Limit = DEFAULT_PAGE,
+                cursor: Cursor = None) -> ImagePage:
     with bounded(request):
-        docs, next_cursor = queries.image_page(db, limit, after)
+        docs, next_cursor = queries.image_page(db, limit, _after(cursor, queries.MD5_RE))
     return ImagePage(items=_items(request, docs), next=next_cursor)
 
 
@@ -312,11 +315,47 @@ def monitoring(
     return Response(histogram_png(buckets, empty), media_type=PNG)
 
 
+def _runs(request: Request, db: Database, docs: Sequence[dict[str, Any]]) -> list[Run]:
+    now = datetime.now(timezone.utc)
+    return [runview.view(doc, queries.run_totals(db, doc), now,
+                         request.url_for("get_run", run_id=doc["_id"]).path) for doc in docs]
+
+
+@router.get(
+    "/runs",
+    responses={400: {"model": Problem, "description": "malformed cursor"}, **ERRORS},
+    summary="The runs, newest first, a page at a time: status, totals, progress",
+)
+def list_runs(request: Request, db: DB, limit: Limit = DEFAULT_PAGE,
+              cursor: Cursor = None) -> RunPage:
+    with bounded(request):
+        docs, next_cursor = queries.run_page(db, limit, _after(cursor, queries.RUN_ID_RE))
+        items = _runs(request, db, docs)
+    return RunPage(items=items, next=next_cursor)
+
+
+@router.get(
+    "/runs/{run_id}",
+    responses={404: {"model": Problem, "description": "no run with this id"}, **ERRORS},
+    summary="One run: status, totals by status and reason, progress and its oldest lines "
+    "in flight while it runs, retry links",
+)
+def get_run(
+    request: Request, db: DB, run_id: Annotated[str, Path(max_length=200)]
+) -> Run:
+    with bounded(request):
+        doc = queries.run(db, run_id)
+        if doc is None:
+            raise HTTPException(404, f"no run {run_id}")
+        (view,) = _runs(request, db, [doc])
+    return view
+
+
 @router.get(
     "/",
     response_class=HTMLResponse,
     responses=ERRORS,
-    summary="The dashboard: totals, histogram, errors by reason, newest images",
+    summary="The dashboard: totals, recent runs, histogram, errors by reason, newest images",
 )
 def dashboard(request: Request, db: DB) -> HTMLResponse:
     with bounded(request):
@@ -324,8 +363,9 @@ def dashboard(request: Request, db: DB) -> HTMLResponse:
         totals, reasons, images = queries.summary(db)
         if images is None:  # minutes counted before the writer counted images
             images = queries.image_count(db)
+        runs = _runs(request, db, queries.run_page(db, RECENT_RUNS)[0])
     page = render_dashboard(
-        totals=totals, images=images, reasons=reasons, recent=_items(request, docs)
+        totals=totals, images=images, reasons=reasons, recent=_items(request, docs), runs=runs
     )
     return HTMLResponse(page)
 

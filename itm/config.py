@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from itm.errors import parse_reasons
+
 ENV_PREFIX = "ITM_"
 
 
@@ -61,8 +63,17 @@ class Settings:
         None, "run id to resume: lines that already have an outcome are skipped"
     )
     force_resume: bool = _opt(
-        False, "resume even if the input file changed since the run started (its line "
-        "numbers may no longer name the same URLs)"
+        False, "resume or retry even if the input file changed since the run started (its "
+        "line numbers may no longer name the same URLs)"
+    )
+    retry_failed: str | None = _opt(
+        None, "run id whose failed lines to process again, as a new run linked to it "
+        "(the URLs are read again from that run's input file, by line number)"
+    )
+    reasons: str | None = _opt(
+        None, "with --retry-failed: only the lines that failed for these comma-separated "
+        "reasons (e.g. timeout,connection_error,http_5xx; http_5xx is every http_5NN); "
+        "none: every failed line"
     )
     data_dir: Path = _opt(Path(".itm"), "where the embedded MongoDB keeps its data and log")
     concurrency: int = _opt(
@@ -121,6 +132,12 @@ class Settings:
             raise ValueError("retries, max_redirects and per_host cannot be negative")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
+        if self.retry_failed and self.resume:
+            raise ValueError("--retry-failed starts a new run: it cannot go with --resume")
+        if self.reasons is not None:
+            if not self.retry_failed:
+                raise ValueError("--reasons chooses the lines of --retry-failed: give both")
+            parse_reasons(self.reasons)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

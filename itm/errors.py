@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # Every reason a line can fail with, and what it means. The README's Outcomes list
 # mirrors this table (a test keeps them equal), and a test checks that every
 # ``Failure("…")`` in the code names a reason listed here.
@@ -43,3 +45,31 @@ class Failure(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
+
+
+HTTP_STATUS = re.compile(r"http_[1-5]\d\d")
+HTTP_CLASS = re.compile(r"http_([1-5])xx")
+
+
+def parse_reasons(spec: str) -> list[str]:
+    """The reasons of a comma-separated list such as ``timeout,http_404,http_5xx``.
+
+    Accepted: every reason of ``REASONS``, an ``http_<status>`` such as ``http_503``,
+    and a class such as ``http_5xx`` (every ``http_5NN``). Anything else is a
+    ``ValueError`` that lists what is valid: a typo must not select nothing.
+    """
+    reasons = [part.strip() for part in spec.split(",") if part.strip()]
+    named = set(REASONS) - {"http_<status>"}
+    unknown = [r for r in reasons
+               if r not in named and not HTTP_STATUS.fullmatch(r) and not HTTP_CLASS.fullmatch(r)]
+    if unknown or not reasons:
+        valid = ", ".join(sorted(named | {"http_<status> (e.g. http_404)", "http_4xx", "http_5xx"}))
+        raise ValueError(f"unknown reason(s) {', '.join(unknown) or '(none given)'}; "
+                         f"valid: {valid}")
+    return reasons
+
+
+def reason_matches(reasons: list[str]) -> list[str | re.Pattern[str]]:
+    """What ``reason`` may equal, for a MongoDB ``$in``: names, and a pattern per class."""
+    return [re.compile(rf"^http_{m.group(1)}\d\d$") if (m := HTTP_CLASS.fullmatch(r)) else r
+            for r in reasons]

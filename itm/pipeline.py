@@ -28,6 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import numpy as np
 import ray
@@ -40,6 +41,7 @@ from itm.errors import Failure
 from itm.host_gate import HostGate, start_host_tokens
 from itm.imaging import GrayImage, grayscale_png, md5_hex
 from itm.lines import Line
+from itm.urls import MAX_URL_LENGTH
 from itm.writer import Counts, MongoUnavailable
 
 GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
@@ -48,6 +50,8 @@ CHUNK_ROUNDS = 16  # a chunk keeps every thread of its task busy this many times
 ATTEMPTS = 4  # downloads of a line whose task died or whose bytes were lost: as Ray retries
 DOWNLOAD_SHARE = 0.001  # of --download-resource per download task: a node holds many
 BACKSTOP_GRACE = 10.0  # seconds past the deadline before a silent download task is cancelled
+PROGRESS_EVERY = 1.0  # seconds between two heartbeats of the driver (with its oldest lines)
+IN_FLIGHT_SHOWN = 5  # oldest lines in flight the run document shows
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class _Chunk:
     pending: dict[int, str]
     attempt: int
     quiet_since: float = field(default_factory=time.monotonic)
+    since: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
 def run_batches(
@@ -214,6 +219,7 @@ class _Driver:
         self.writing: dict[ray.ObjectRef, tuple[list[Line], int]] = {}
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
         self.total = Counts()
+        self.reported = 0.0  # monotonic time of the last heartbeat
 
     def run(self, lines: Iterable[Line]) -> Counts:
         total = self._run(lines)
@@ -258,6 +264,21 @@ class _Driver:
                 else:
                     self._written(ref)
             self._backstop(now)
+            if now - self.reported >= PROGRESS_EVERY:
+                self.reported = now
+                # Fire and forget: the writer records it between two batches.
+                self.writer.progress.remote(self.run_id, self._oldest_in_flight())
+
+    def _oldest_in_flight(self) -> list[dict]:
+        """The first lines still pending in the oldest download tasks: a task's threads
+        take its lines in order, so these are the ones downloading for longest."""
+        oldest = []
+        for chunk in sorted(self.downloading.values(), key=lambda chunk: chunk.since):
+            for line, url in itertools.islice(chunk.pending.items(), IN_FLIGHT_SHOWN):
+                oldest.append({"line": line, "url": url[:MAX_URL_LENGTH], "since": chunk.since})
+            if len(oldest) >= IN_FLIGHT_SHOWN:
+                break
+        return oldest[:IN_FLIGHT_SHOWN]
 
     def _room_for_a_download(self) -> bool:
         if len(self.writing) >= self.groups_cap or len(self.downloading) > self.nodes:

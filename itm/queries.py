@@ -20,12 +20,16 @@ from typing import Any
 import pymongo
 from gridfs import GridFSBucket, GridOut
 from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
 from pymongo.database import Database
 
 from itm.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
-from itm.store import GRAY_BUCKET, IMAGES, MONITORING
+from itm.models import RunTotals
+from itm.runview import sum_counters
+from itm.store import GRAY_BUCKET, IMAGES, MONITORING, RUNS, field_key
 
 MD5_RE = re.compile(r"[0-9a-f]{32}")
+RUN_ID_RE = re.compile(r"[^\x00-\x1f]{1,200}")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NEWEST_FIRST = [("inserted_at", DESCENDING), ("md5", DESCENDING)]  # matches an index of store
 CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
@@ -37,6 +41,11 @@ CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
 # Any window gives the right page when it holds one (it has every newer image); the
 # newest minute only makes the first one likely to.
 PAGE_WINDOWS = tuple(timedelta(seconds=s) for s in (10, 60, 600, 3600, 86400))
+RUNS_NEWEST_FIRST = [("started_at", DESCENDING), ("_id", DESCENDING)]  # an index of store
+# Of a run document, what its view shows (not its fingerprint).
+RUN_FIELDS = {"input": 1, "started_at": 1, "finished_at": 1, "heartbeat": 1, "total": 1,
+              "totals": 1, "session": 1, "in_flight": 1, "retry_of": 1, "reasons": 1,
+              "retries": 1, "minutes": 1}
 # Of a monitoring document, only its counters: the writer adds bookkeeping fields.
 BUCKET_FIELDS = {"_id": 0, "minute": 1, "success": 1, "error": 1}
 
@@ -75,24 +84,25 @@ def gridfs_chunks(stream: GridOut, timeout_s: float) -> Iterator[bytes]:
         stream.close()
 
 
-def encode_cursor(doc: dict[str, Any]) -> str:
-    """An opaque cursor that resumes the newest-first listing right after ``doc``."""
-    millis = (doc["inserted_at"] - EPOCH) // timedelta(milliseconds=1)
-    return base64.urlsafe_b64encode(f"{millis}.{doc['md5']}".encode()).decode().rstrip("=")
+def encode_cursor(at: datetime, key: str) -> str:
+    """An opaque cursor that resumes a newest-first listing right after (``at``, ``key``)."""
+    millis = (at - EPOCH) // timedelta(milliseconds=1)
+    return base64.urlsafe_b64encode(f"{millis}.{key}".encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The (``inserted_at``, ``md5``) a cursor resumes after; ``ValueError`` if malformed."""
+def decode_cursor(cursor: str, key: re.Pattern[str]) -> tuple[datetime, str]:
+    """The (date, key) a cursor resumes after: (``inserted_at``, ``md5``) of an image,
+    (``started_at``, ``_id``) of a run; ``ValueError`` if malformed."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        millis, md5 = raw.split(".")
+        millis, value = raw.split(".", 1)
         # BSON datetimes are whole milliseconds, so this is exactly the stored value.
-        inserted_at = EPOCH + timedelta(milliseconds=int(millis))
+        at = EPOCH + timedelta(milliseconds=int(millis))
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise ValueError("malformed cursor") from exc
-    if not MD5_RE.fullmatch(md5):
+    if not key.fullmatch(value):
         raise ValueError("malformed cursor")
-    return inserted_at, md5
+    return at, value
 
 
 def image_page(
@@ -118,7 +128,8 @@ def image_page(
         bounds = before if window is None else {**before, "$gte": newest - window}
         docs = newer + _cards(db, {"inserted_at": bounds} if bounds else {}, limit + 1)
         if len(docs) > limit:
-            return docs[:limit], encode_cursor(docs[limit - 1])
+            last_card = docs[limit - 1]
+            return docs[:limit], encode_cursor(last_card["inserted_at"], last_card["md5"])
     return docs, None
 
 
@@ -126,6 +137,23 @@ def _cards(db: Database, query: dict[str, Any], limit: int) -> list[dict[str, An
     """The first ``limit`` images of ``query``, newest first: separate index ranges, not an
     ``$or`` (SecantusDB 0.7 scans the collection for one)."""
     return list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit))
+
+
+def _newest_first(
+    collection: Collection, fields: dict[str, int], order: list[tuple[str, int]], limit: int,
+    after: tuple[datetime, str] | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of keyset paging on the index ``order`` (a date, then a unique key, both
+    descending); and the cursor of the next page."""
+    (at_field, _), (key_field, _) = order
+    query: dict[str, Any] = {}
+    if after is not None:
+        at, key = after
+        query = {"$or": [{at_field: {"$lt": at}}, {at_field: at, key_field: {"$lt": key}}]}
+    docs = list(collection.find(query, fields).sort(order).limit(limit + 1))
+    if len(docs) <= limit:
+        return docs, None
+    return docs[:limit], encode_cursor(docs[limit - 1][at_field], docs[limit - 1][key_field])
 
 
 def _edge_minute(db: Database, direction: int) -> datetime | None:
@@ -187,3 +215,28 @@ def image_count(db: Database) -> int:
     """From the collection's metadata: O(1) on MongoDB, however many images there are
     (SecantusDB 0.7 counts them: ``summary``'s count, when it has one, is cheaper)."""
     return db[IMAGES].estimated_document_count()
+
+
+def run(db: Database, run_id: str) -> dict[str, Any] | None:
+    return db[RUNS].find_one({"_id": run_id}, RUN_FIELDS)
+
+
+def run_page(
+    db: Database, limit: int, after: tuple[datetime, str] | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` runs, newest first, after the cursor position; and the next cursor.
+
+    Keyset paging on the (``started_at``, ``_id``) index, as ``image_page``.
+    """
+    return _newest_first(db[RUNS], RUN_FIELDS, RUNS_NEWEST_FIRST, limit, after)
+
+
+def run_totals(db: Database, run: dict[str, Any]) -> RunTotals:
+    """A run's totals: stored when it finished; until then, summed from the minutes it
+    lists (its own counters in each, ``by_run``): a few documents, never its events."""
+    if run.get("finished_at") is not None and run.get("totals"):
+        return RunTotals(**run["totals"])
+    key = field_key(run["_id"])
+    docs = db[MONITORING].find({"minute": {"$in": run.get("minutes") or []}},
+                               {"_id": 0, f"by_run.{key}": 1})
+    return sum_counters(doc.get("by_run", {}).get(key, {}) for doc in docs)

@@ -18,16 +18,19 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import ray
+from pymongo.database import Database
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
+from itm.errors import parse_reasons
 from itm.fingerprint import fingerprint
 from itm.lines import count_lines, read_lines
 from itm.pipeline import run_batches
 from itm.queries import image_page
 from itm.ray_runtime import init_ray
+from itm.retry import Retry, plan_retry, resumed_retry
 from itm.store import connect, redact
 from itm.writer import Counts, MongoUnavailable, WriterActor
 
@@ -53,30 +56,52 @@ def check_mongo(uri: str) -> None:
 
 
 def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, float]:
-    """Process the input file on the already-initialized Ray; return (totals, seconds)."""
+    """Process the input file on the already-initialized Ray; return (totals, seconds).
+
+    With ``--retry-failed``, or when resuming a retry run, only the failed lines of
+    the run it retries, read again from that run's input file.
+    """
     writer = WriterActor.remote(mongo_uri, settings.db, settings.mongo_retry_seconds)
-    try:
-        # A LineSet: a few ranges, however many lines are done.
-        done = ray.get(writer.start_run.remote(
-            run_id, str(settings.urls), bool(settings.resume), fingerprint(settings.urls),
-            settings.force_resume))
-    except ValueError as exc:
-        raise JobError(str(exc)) from None
-    print(f"itm: run {run_id} on {settings.urls}"
-          + (f", resuming after {len(done)} lines already done" if done else ""))
-    started = time.perf_counter()
-    total = count_lines(settings.urls) - len(done)
-    with tqdm(total=total, unit="line", dynamic_ncols=True) as bar:
-        seen = Counts()
+    with contextlib.closing(connect(mongo_uri)) as client:
+        db = client[settings.db]
+        try:
+            retry = _retry(settings, db, run_id)
+            urls = retry.urls if retry else settings.urls.resolve()
+            total = retry.count(db) if retry else count_lines(urls)
+            # A LineSet: a few ranges, however many lines are done.
+            done = ray.get(writer.start_run.remote(
+                run_id, str(urls), bool(settings.resume), fingerprint(urls),
+                settings.force_resume, total, retry and retry.of, retry and retry.reasons))
+        except ValueError as exc:
+            raise JobError(str(exc)) from None
+        what = (f"{total} failed lines ({', '.join(retry.reasons or ['any reason'])}) of run "
+                f"{retry.of}, from {urls}") if retry else str(urls)
+        print(f"itm: run {run_id} on {what}"
+              + (f", resuming after {len(done)} lines already done" if done else ""))
+        started = time.perf_counter()
+        with tqdm(total=total - len(done), unit="line", dynamic_ncols=True) as bar:
+            seen = Counts()
 
-        def progress(counts: Counts) -> None:
-            seen.add(counts)
-            bar.set_postfix(ok=seen.success, errors=seen.error, dup=seen.duplicates, refresh=False)
-            bar.update(counts.lines)
+            def progress(counts: Counts) -> None:
+                seen.add(counts)
+                bar.set_postfix(ok=seen.success, errors=seen.error, dup=seen.duplicates,
+                                refresh=False)
+                bar.update(counts.lines)
 
-        run_batches(read_lines(settings.urls, done), writer, run_id, settings, progress)
+            lines = retry.lines(db, done) if retry else read_lines(urls, done)
+            run_batches(lines, writer, run_id, settings, progress)
     totals = ray.get(writer.finish_run.remote(run_id))
     return totals, time.perf_counter() - started
+
+
+def _retry(settings: Settings, db: Database, run_id: str) -> Retry | None:
+    """What this run retries: ``--retry-failed``, or the retry a resumed run started."""
+    if settings.retry_failed:
+        reasons = parse_reasons(settings.reasons) if settings.reasons else None
+        return plan_retry(db, settings.retry_failed, reasons, settings.force_resume)
+    if settings.resume:
+        return resumed_retry(db, run_id, settings.force_resume)
+    return None
 
 
 def summary(run_id: str, totals: Counts, seconds: float) -> str:
@@ -205,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     run_id = settings.resume or new_run_id()
     try:
-        if not settings.urls.is_file():
+        if not settings.retry_failed and not settings.urls.is_file():
             raise JobError(f"input file not found: {settings.urls}")
         with Services(settings) as services:
             totals, seconds = run_job(settings, services.mongo_uri, run_id)

@@ -9,13 +9,17 @@ agree on one schema:
 - ``events``: one document per processed input line, unique on (``run_id``, ``line``);
   inserted once, never updated.
 - ``monitoring``: one document per minute, unique on ``minute``: ``success``,
-  ``error``, ``reasons`` (errors per reason); ``tallies`` is the writer's bookkeeping.
-- ``runs``: one document per run, ``_id`` is the run id.
+  ``error``, ``reasons`` (errors per reason), ``by_run`` (the same per run, under
+  ``run_key(run_id)``, with ``duplicates``); ``tallies`` is the writer's bookkeeping.
+- ``runs``: one document per run, ``_id`` is the run id; ``minutes`` lists the
+  minutes that hold its counters, so a run's totals are a sum over a few documents.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
@@ -25,6 +29,8 @@ EVENTS = "events"
 MONITORING = "monitoring"
 RUNS = "runs"
 GRAY_BUCKET = "gray"
+
+T = TypeVar("T")
 
 # A document may hold 16 MiB; keep room for the other fields.
 MAX_INLINE_PNG = 15 * 1024 * 1024
@@ -52,3 +58,49 @@ def ensure_indexes(db: Database) -> None:
     db[IMAGES].create_index([("inserted_at", DESCENDING), ("md5", DESCENDING)])
     db[EVENTS].create_index([("run_id", ASCENDING), ("line", ASCENDING)], unique=True)
     db[MONITORING].create_index([("minute", ASCENDING)], unique=True)
+    db[RUNS].create_index([("started_at", DESCENDING), ("_id", DESCENDING)])
+
+
+def field_key(name: str) -> str:
+    """A reason or a run id as a field name: no dots, no leading ``$``."""
+    return name.replace(".", "_").lstrip("$") or "unknown"
+
+
+WINDOW = 10_000  # line numbers per query when a whole run is read
+
+
+def events_by_line(db: Database, run_id: str, projection: dict[str, Any],
+                   query: dict[str, Any] | None = None, last: int | None = None,
+                   ) -> Iterator[dict[str, Any]]:
+    """The run's events (those matching ``query``) in line order, by windows of lines.
+
+    With a ``query``, give the run's ``last`` line: a window may then hold no match
+    without being a gap in the run (see ``by_window``).
+    """
+    projection = {"_id": 0, "line": 1, **projection}
+    return by_window(db, run_id, lambda window: db[EVENTS].find(
+        {**window, **(query or {})}, projection).sort("line", ASCENDING), last)
+
+
+def by_window(db: Database, run_id: str, read: Callable[[dict[str, Any]], Iterable[T]],
+              last: int | None = None) -> Iterator[T]:
+    """``read`` over the run's events, ``WINDOW`` line numbers per query, in line order.
+
+    No query touches more than a window's events, however long the run: SecantusDB
+    fetches and sorts every match of a query before its ``limit`` (a page of a
+    million-line run took minutes), and answers nothing else meanwhile, so pymongo's
+    heartbeat gives up and cancels the query. Up to ``last`` when given; otherwise an
+    empty window (a gap in the run's lines) is followed by a jump to the next line
+    that has an event, or the end.
+    """
+    after = 0
+    while last is None or after < last:
+        found = list(read({"run_id": run_id, "line": {"$gt": after, "$lte": after + WINDOW}}))
+        yield from found
+        after += WINDOW
+        if not found and last is None:
+            following = db[EVENTS].find_one({"run_id": run_id, "line": {"$gt": after}},
+                                            {"_id": 0, "line": 1}, sort=[("line", ASCENDING)])
+            if following is None:
+                return
+            after = following["line"] - 1

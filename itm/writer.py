@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -70,7 +70,6 @@ T = TypeVar("T")
 Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
-WINDOW = 10_000  # line numbers per query when reading a whole run (see _by_window)
 STORAGE_ERROR = "storage_error"
 # What a counted event needs, when it is read back.
 EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
@@ -99,6 +98,11 @@ class Counts:
         self.error += other.error
         self.duplicates += other.duplicates
         self.reasons.update(other.reasons)
+
+    def as_totals(self) -> dict[str, Any]:
+        """As the run document keeps them (``totals``), and the API shows them."""
+        return {"lines": self.lines, "success": self.success, "error": self.error,
+                "duplicates": self.duplicates, "reasons": dict(self.reasons)}
 
     @classmethod
     def of_events(cls, events: Iterable[dict]) -> Counts:
@@ -138,6 +142,7 @@ class MongoWriter:
         self.client = store.connect(mongo_uri)
         self.db = self.client[db_name]
         self.retry_seconds = retry_seconds
+        self._listed: set[tuple[str, datetime]] = set()  # (run, minute) the run lists already
         # Tests shorten the "minute" to cross many of them in a few seconds of work.
         self.minute = timedelta(seconds=minute_seconds)
         self.lines_metric = MetricCounter(
@@ -165,20 +170,29 @@ class MongoWriter:
     # -- runs ---------------------------------------------------------------------------
 
     def start_run(self, run_id: str, source: str, resume: bool,
-                  fingerprint: dict | None = None, force: bool = False) -> LineSet:
+                  fingerprint: dict | None = None, force: bool = False,
+                  total: int | None = None, retry_of: str | None = None,
+                  reasons: list[str] | None = None) -> LineSet:
         """Open (or, with ``resume``, reopen) a run; return the lines that already have an outcome.
 
         A resume refuses an input whose ``fingerprint`` differs from the run's (unless
         ``force``), and first counts the complete tallies of the run that no minute
-        holds yet (a writer that died between its events and its counters).
+        holds yet (a writer that died between its events and its counters). ``total``
+        is the lines the run has to process in all (progress); a run that retries
+        the failed lines of ``retry_of`` (for ``reasons``, or all) is listed there.
         """
 
         def start() -> LineSet:
             runs = self.db[store.RUNS]
+            now = utcnow()
             if not resume:
                 runs.update_one({"_id": run_id}, {"$setOnInsert": {
-                    "input": source, "fingerprint": fingerprint, "started_at": utcnow(),
-                    "finished_at": None}}, upsert=True)
+                    "input": source, "fingerprint": fingerprint, "started_at": now,
+                    "finished_at": None, "total": total, "retry_of": retry_of,
+                    "reasons": reasons, "retries": [], "minutes": [], "heartbeat": now,
+                    "session": {"started_at": now, "done": 0}, "in_flight": []}}, upsert=True)
+                if retry_of is not None:
+                    runs.update_one({"_id": retry_of}, {"$addToSet": {"retries": run_id}})
                 return LineSet()
             run = runs.find_one({"_id": run_id}, {"fingerprint": 1})
             if run is None:
@@ -189,11 +203,22 @@ class MongoWriter:
                     f"{source} is not the file run {run_id} started on (size or content "
                     f"changed: {known} then, {fingerprint} now); resume with the original "
                     "file, or pass --force-resume to resume anyway")
-            reopened = {"finished_at": None} | ({"fingerprint": fingerprint} if fingerprint else {})
+            done = self._settle_run(run_id)
+            reopened = {"finished_at": None, "heartbeat": now, "in_flight": [],
+                        "session": {"started_at": now, "done": len(done)}}
+            reopened |= {"fingerprint": fingerprint} if fingerprint else {}
+            reopened |= {"total": total} if total is not None else {}
             runs.update_one({"_id": run_id}, {"$set": reopened})
-            return self._settle_run(run_id)
+            return done
 
         return self._retrying(start)
+
+    def progress(self, run_id: str, in_flight: list[dict]) -> None:
+        """The driver's heartbeat: it is alive, and these lines are its oldest in flight
+        (``line``, ``url``, ``since``). A run whose heartbeat stops, unfinished, lost its
+        driver."""
+        self._retrying(lambda: self.db[store.RUNS].update_one(
+            {"_id": run_id}, {"$set": {"heartbeat": utcnow(), "in_flight": in_flight}}))
 
     def _settle_run(self, run_id: str) -> LineSet:
         """The run's done lines, after adding its complete tallies that no minute holds."""
@@ -202,7 +227,7 @@ class MongoWriter:
 
         def numbers() -> Iterable[int]:
             nonlocal minute, tallies
-            for event in self._events_by_line(run_id):
+            for event in store.events_by_line(self.db, run_id, {"tally": 1, "finished_at": 1}):
                 this = floor_minute(event["finished_at"], self.minute)
                 if this != minute:  # runs are mostly in line order: one read per minute
                     minute, tallies = this, self._tallies_of(this)
@@ -217,35 +242,6 @@ class MongoWriter:
                 {"run_id": run_id, "line": line}, EVENT_FIELDS))
         return done
 
-    def _events_by_line(self, run_id: str) -> Iterable[dict]:
-        """The run's events in line order."""
-        return self._by_window(run_id, lambda query: self.db[store.EVENTS].find(
-            query, {"_id": 0, "line": 1, "tally": 1, "finished_at": 1}).sort("line", 1))
-
-    def _by_window(self, run_id: str, read: Callable[[dict], Iterable[T]],
-                   window: int = WINDOW) -> Iterator[T]:
-        """``read`` over every event of the run, ``window`` line numbers per query, in order.
-
-        No query touches more than a window's events, however long the run: SecantusDB
-        fetches and sorts every match of a query before its ``limit`` (a page of a
-        million-line run took minutes), and it answers nothing else meanwhile, so
-        pymongo's heartbeat gives up and cancels the query. A window that is empty
-        (a gap in the run's lines) is followed by a jump to the next line that has an
-        event, or the end.
-        """
-        after = 0
-        while True:
-            found = list(read({"run_id": run_id, "line": {"$gt": after, "$lte": after + window}}))
-            yield from found
-            after += window
-            if not found:
-                following = self.db[store.EVENTS].find_one(
-                    {"run_id": run_id, "line": {"$gt": after}}, {"_id": 0, "line": 1},
-                    sort=[("line", 1)])
-                if following is None:
-                    return
-                after = following["line"] - 1
-
     def _tallies_of(self, minute: datetime) -> frozenset:
         doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
         return frozenset((doc or {}).get("tallies", ()))
@@ -254,19 +250,19 @@ class MongoWriter:
         """Close a run with its totals, computed from its events (exact even after a resume)."""
 
         def finish() -> Counts:
-            groups = self._by_window(run_id, lambda query: self.db[store.EVENTS].aggregate([
-                {"$match": query},
+            # Alive while the totals are computed (a long run's events take a while).
+            self.db[store.RUNS].update_one({"_id": run_id}, {"$set": {"heartbeat": utcnow()}})
+            groups = store.by_window(self.db, run_id, lambda window: self.db[
+                store.EVENTS].aggregate([
+                {"$match": window},
                 {"$group": {"_id": {"status": "$status", "reason": "$reason",
                                     "duplicate": "$duplicate"}, "n": {"$sum": 1}}},
             ]))
             counts = Counts.of_events(group["_id"] | {"n": group["n"]} for group in groups)
-            totals = {
-                "lines": counts.lines, "success": counts.success, "error": counts.error,
-                "duplicates": counts.duplicates, "reasons": dict(counts.reasons),
-            }
-            self.db[store.RUNS].update_one(
-                {"_id": run_id}, {"$set": {"finished_at": utcnow(), "totals": totals}}
-            )
+            totals = counts.as_totals()
+            now = utcnow()
+            self.db[store.RUNS].update_one({"_id": run_id}, {"$set": {
+                "finished_at": now, "heartbeat": now, "totals": totals, "in_flight": []}})
             return counts
 
         return self._retrying(finish)
@@ -316,7 +312,7 @@ class MongoWriter:
             for event in {event["tally"]: event for event in found}.values():
                 if event["tally"] != tally:
                     self._settle(run_id, event)
-        self._add(tally, floor_minute(now, self.minute), mine)
+        self._add(run_id, tally, floor_minute(now, self.minute), mine)
         return Counts.of_events(stored)
 
     def _insert_events(self, events: list[dict]) -> tuple[list[dict], set[int]]:
@@ -351,17 +347,28 @@ class MongoWriter:
             {"run_id": run_id, "$or": [{"line": {"$gte": first, "$lte": last}}
                                        for first, last in event["batch"]]}, EVENT_FIELDS))
         if len(in_batch) == len(LineSet(event["batch"])):
-            self._add(event["tally"], minute,
+            self._add(run_id, event["tally"], minute,
                       [other for other in in_batch if other["tally"] == event["tally"]])
 
-    def _add(self, tally: ObjectId, minute: datetime, events: list[dict]) -> None:
-        """Add a tally's events to their minute, unless the minute holds the tally already."""
+    def _add(self, run_id: str, tally: ObjectId, minute: datetime, events: list[dict]) -> None:
+        """Add a tally's events to their minute, unless the minute holds the tally already.
+
+        The run's own counters (``by_run``) go in the same guarded update, so they are
+        exactly once too; the run lists the minute first, so that a counted minute is
+        always listed (listing it twice is harmless).
+        """
         if not events:
             return
+        if (run_id, minute) not in self._listed:
+            self.db[store.RUNS].update_one({"_id": run_id}, {"$addToSet": {"minutes": minute}})
+            self._listed.add((run_id, minute))
         counts = Counts.of_events(events)
-        inc = {"success": counts.success, "error": counts.error,
-               "images": counts.success - counts.duplicates}  # a line that stored its image
-        inc |= {f"reasons.{_key(reason)}": n for reason, n in counts.reasons.items()}
+        inc = {"success": counts.success, "error": counts.error}
+        inc |= {f"reasons.{store.field_key(reason)}": n for reason, n in counts.reasons.items()}
+        mine = f"by_run.{store.field_key(run_id)}"
+        inc |= {f"{mine}.{name}": n for name, n in inc.items()}
+        inc[f"{mine}.duplicates"] = counts.duplicates
+        inc["images"] = counts.success - counts.duplicates  # lines that stored their image
         update = {"$inc": inc, "$push": {"tallies": tally}}
         guarded = {"minute": minute, "tallies": {"$ne": tally}}
         monitoring = self.db[store.MONITORING]
@@ -433,11 +440,6 @@ class MongoWriter:
 def _error(reason: str, detail: str) -> dict[str, object]:
     return {"status": "error", "reason": reason, "detail": detail[:MAX_DETAIL],
             "duplicate": False}
-
-
-def _key(reason: str) -> str:
-    """A reason as a field name: no dots or leading ``$`` (reasons are plain words anyway)."""
-    return reason.replace(".", "_").lstrip("$") or "unknown"
 
 
 def _bulk(collection: Collection, ops: list[InsertOne | UpdateOne]) -> BulkOutcome:

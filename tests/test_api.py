@@ -321,7 +321,8 @@ def test_responses_say_how_long_the_app_took(client: TestClient, data: ApiData) 
 def test_docs(client: TestClient) -> None:
     assert "swagger" in client.get("/docs").text.lower()
     paths = client.get("/openapi.json").json()["paths"]
-    assert set(paths) == {"/image/{md5}", "/images", "/monitoring", "/", "/healthz"}
+    assert set(paths) == {"/image/{md5}", "/images", "/monitoring", "/", "/healthz", "/runs",
+                          "/runs/{run_id}"}
 
 
 # --- configuration and MongoDB faults -------------------------------------------------------

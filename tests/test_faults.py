@@ -73,7 +73,7 @@ def test_a_batch_cut_short_is_counted_once_on_replay(
     writer = MongoWriter(mongo_uri, db.name)
     lines, md5s, grays = sample_batch()
     # The first attempt stored images and events, then died before counting them.
-    writer._add = lambda tally, minute, events: None
+    writer._add = lambda run_id, tally, minute, events: None
     writer.write("r1", lines, md5s, grays)
     assert db.monitoring.count_documents({}) == 0
     del writer._add

@@ -32,6 +32,8 @@ from itm.errors import Failure
 from itm.imaging import GrayImage
 from itm.lines import read_lines
 from itm.pipeline import run_batches
+from itm.runview import sum_counters
+from itm.store import field_key
 from itm.urls import MAX_URL_LENGTH
 from itm.writer import Counts, MongoWriter, WriterActor, _bulk, utcnow
 from tests.conftest import run_itm, write_urls
@@ -42,9 +44,11 @@ MINUTE = 1.0  # seconds
 SETTINGS = Settings(batch_size=32, concurrency=64, allow_private_addresses=True)
 
 
-def assert_consistent(db: Database, runs: dict[str, int], twice: bool = False) -> None:
-    """Every line once per run; counters (all minutes) equal the events of all runs, by
-    status and by reason; each image once, with exactly one first line.
+def assert_consistent(db: Database, runs: dict[str, int | list[int]],
+                      twice: bool = False) -> None:
+    """Every line once per run (lines 1..n, or the lines listed); counters (all minutes)
+    equal the events of all runs, by status and by reason, and each run's own counters
+    (``by_run``) its events; each image once, with exactly one first line.
 
     ``twice``: lines of a run were processed by two drivers at once (a resume racing
     the live one), each with its own download: from a server that sends new bytes per
@@ -53,10 +57,14 @@ def assert_consistent(db: Database, runs: dict[str, int], twice: bool = False) -
     """
     events = list(db.events.find({}, {"run_id": 1, "line": 1, "status": 1, "reason": 1,
                                       "md5": 1, "duplicate": 1}))
+    minutes = list(db.monitoring.find())
     for run_id, lines in runs.items():
         numbers = sorted(event["line"] for event in events if event["run_id"] == run_id)
-        assert numbers == list(range(1, lines + 1))
-    minutes = list(db.monitoring.find())
+        assert numbers == (sorted(lines) if isinstance(lines, list) else
+                           list(range(1, lines + 1)))
+        mine = [event for event in events if event["run_id"] == run_id]
+        counted = sum_counters(m.get("by_run", {}).get(field_key(run_id), {}) for m in minutes)
+        assert counted.model_dump() == Counts.of_events(mine).as_totals()
     statuses = Counter(event["status"] for event in events)
     assert sum(m["success"] for m in minutes) == statuses["success"]
     assert sum(m["error"] for m in minutes) == statuses["error"]
@@ -215,7 +223,7 @@ def test_writers_racing_to_create_a_new_minute_lose_nothing(
 def test_a_tally_is_counted_only_once_complete(mongo_uri: str, db: Database) -> None:
     first = MongoWriter(mongo_uri, db.name)
     first.start_run("r1", "urls.txt", resume=False)
-    first._add = lambda tally, minute, events: None  # it dies before counting...
+    first._add = lambda run_id, tally, minute, events: None  # it dies before counting...
     first.write("r1", *sample(range(1, 5)))
     # ...and, seen from another writer, lines 3 and 4 of its insert have not landed yet.
     late = list(db.events.find({"line": {"$gte": 3}}))
@@ -282,12 +290,14 @@ def test_what_the_database_refuses_is_reported_per_operation(db: Database) -> No
     assert sorted(doc["n"] for doc in db.scratch.find()) == [1, 3, 4, 6]
 
 
-def test_a_run_is_read_back_whole_across_gaps_in_its_lines(mongo_uri: str, db: Database) -> None:
+def test_a_run_is_read_back_whole_across_gaps_in_its_lines(
+    mongo_uri: str, db: Database, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     writer = MongoWriter(mongo_uri, db.name)
     writer.start_run("r1", "urls.txt", resume=False)
     lines = [1, 2, 3, 4, 9, 30, 31]
     writer.write("r1", *sample(lines))
-    assert [event["line"] for event in writer._by_window(
-        "r1", lambda query: db.events.find(query).sort("line", 1), window=2)] == lines
+    monkeypatch.setattr(store, "WINDOW", 2)  # windows of 2 lines: gaps of whole windows
+    assert [event["line"] for event in store.events_by_line(db, "r1", {})] == lines
     assert writer.start_run("r1", "urls.txt", resume=True).ranges == [[1, 4], [9, 9], [30, 31]]
     assert writer.finish_run("r1").lines == len(lines)

@@ -8,9 +8,9 @@ at a time, each in its own process (Serve reads its switches from the
 environment its processes start with):
 
 - ``proxy``: Serve's defaults, the path itm used before (proxy actor -> replica);
-- ``trimmed``: the proxy path with ``itm.serving.SERVE_ENV`` (no thread hops,
+- ``trimmed``: the proxy path with ``itm.api.serving.SERVE_ENV`` (no thread hops,
   buffered request logs);
-- ``direct``: ``itm.serving.serve_env`` with direct ingress, itm's default: the
+- ``direct``: ``itm.api.serving.serve_env`` with direct ingress, itm's default: the
   replica's own uvicorn owns the port;
 - ``throughput`` (only with ``--paths``): ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``,
   Serve's own bundle (direct ingress, gRPC between Serve's actors, GC frozen).
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import httpx
 
+from itm.api.serving import SERVE_ENV, serve_env
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
-from itm.serving import SERVE_ENV, serve_env
 from itm.store import connect
 from tests.apidata import ApiData, fill
 
@@ -218,8 +218,8 @@ def host(port: int) -> None:
     import ray
     from ray import serve
 
-    from itm.ray_runtime import init_ray
-    from itm.serving import serve_api
+    from itm.api.serving import serve_api
+    from itm.job.ray_runtime import init_ray
 
     settings = Settings.from_env()
     settings = Settings(mongo_uri=settings.mongo_uri, db=settings.db, port=port)

@@ -24,8 +24,8 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from itm.config import Settings
-from itm.download import fetch
-from itm.errors import Failure
+from itm.job.download import fetch
+from itm.outcomes import Failure
 from tests.photo_server import PhotoServer
 from tests.servers import picsum_lines
 

@@ -24,10 +24,10 @@ from ray._private.internal_api import memory_summary
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
-from itm.lines import read_lines
-from itm.pipeline import run_batches
-from itm.ray_runtime import init_ray
-from itm.writer import Counts, WriterActor
+from itm.job.lines import read_lines
+from itm.job.pipeline import run_batches
+from itm.job.ray_runtime import init_ray
+from itm.job.writer import Counts, WriterActor
 from tests.servers import PicsumServer, picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent

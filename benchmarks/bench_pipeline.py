@@ -47,13 +47,13 @@ from bson import Binary
 from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 
+from itm.api.histogram import floor_minute
 from itm.config import Settings
-from itm.download import fetch
 from itm.embedded import EmbeddedMongo
-from itm.errors import Failure
-from itm.histogram import floor_minute
-from itm.imaging import grayscale_png, md5_hex
-from itm.ray_runtime import LOCAL_ENV
+from itm.job.download import fetch
+from itm.job.imaging import grayscale_png, md5_hex
+from itm.job.ray_runtime import LOCAL_ENV
+from itm.outcomes import Failure
 from itm.store import connect, ensure_indexes
 
 ROOT = Path(__file__).resolve().parent.parent

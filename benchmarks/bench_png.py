@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from itm.imaging import decode, to_gray
+from itm.job.imaging import decode, to_gray
 from tests.photo_server import photo_files, photo_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,11 +22,11 @@ from pathlib import Path
 from benchmarks.bench_memory import rss_mib
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
-from itm.errors import Failure
-from itm.fingerprint import fingerprint
-from itm.ray_runtime import init_ray
+from itm.job.fingerprint import fingerprint
+from itm.job.ray_runtime import init_ray
+from itm.job.writer import MongoWriter
+from itm.outcomes import Failure
 from itm.run import run_job
-from itm.writer import MongoWriter
 
 RUN = "big"
 

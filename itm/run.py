@@ -20,15 +20,15 @@ import ray
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
+from itm.api.queries import image_page
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
-from itm.fingerprint import fingerprint
-from itm.lines import count_lines, read_lines
-from itm.pipeline import run_batches
-from itm.queries import image_page
-from itm.ray_runtime import init_ray
+from itm.job.fingerprint import fingerprint
+from itm.job.lines import count_lines, read_lines
+from itm.job.pipeline import run_batches
+from itm.job.ray_runtime import init_ray
+from itm.job.writer import Counts, MongoUnavailable, WriterActor
 from itm.store import connect, redact
-from itm.writer import Counts, MongoUnavailable, WriterActor
 
 
 class JobError(RuntimeError):
@@ -93,7 +93,7 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     # Imported here: Serve and the API are heavy, and a --no-serve run needs neither.
     from ray import serve
 
-    from itm.serving import serve_api
+    from itm.api.serving import serve_api
 
     serve_api(settings)
     host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             dashboard = None
             if not ray.is_initialized():  # a caller (a test, a notebook) may have done it
                 if settings.serve and settings.ray_address is None:
-                    from itm.serving import apply_serve_env  # heavy: only when serving
+                    from itm.api.serving import apply_serve_env  # heavy: only when serving
 
                     apply_serve_env(settings)  # read by Serve's processes as they start
                 try:

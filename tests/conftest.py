@@ -13,7 +13,7 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from itm.embedded import EmbeddedMongo
-from itm.ray_runtime import init_ray
+from itm.job.ray_runtime import init_ray
 from itm.run import main
 from itm.store import connect
 from tests.servers import PicsumServer, picsum_lines

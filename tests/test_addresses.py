@@ -7,8 +7,8 @@ import ipaddress
 import pytest
 
 from itm.config import Settings
-from itm.errors import Failure
-from itm.urls import address_kind, address_refusal, check_url, target_of
+from itm.job.urls import address_kind, address_refusal, check_url, target_of
+from itm.outcomes import Failure
 
 DEFAULTS = Settings()
 PRIVATE = Settings(allow_private_addresses=True)

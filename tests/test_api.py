@@ -17,9 +17,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pymongo.database import Database
 
-from itm import chart
-from itm.api import create_app
-from itm.coalesce import Coalescer
+from itm.api import chart, create_app
+from itm.api.coalesce import Coalescer
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.store import IMAGES, MONITORING

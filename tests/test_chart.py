@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import numpy as np
 from PIL import Image
 
-from itm.chart import (
+from itm.api.chart import (
     DPI,
     ERROR_COLOR,
     SIZE_INCHES,
@@ -17,7 +17,7 @@ from itm.chart import (
     histogram_png,
     render_histogram,
 )
-from itm.histogram import MINUTE, Bucket
+from itm.api.histogram import MINUTE, Bucket
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
 SIZE = (int(SIZE_INCHES[0] * DPI), int(SIZE_INCHES[1] * DPI))

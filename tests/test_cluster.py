@@ -16,7 +16,7 @@ from pymongo.database import Database
 from ray.cluster_utils import Cluster
 from ray.util.state import list_tasks
 
-from itm.ray_runtime import LOCAL_ENV
+from itm.job.ray_runtime import LOCAL_ENV
 from tests.conftest import ROOT, run_itm, write_urls
 from tests.servers import PicsumServer, picsum_lines
 

@@ -7,7 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 
-from itm.coalesce import Busy, Coalescer
+from itm.api.coalesce import Busy, Coalescer
 
 
 class Gate:

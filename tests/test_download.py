@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from itm.config import Settings
-from itm.download import fetch
 from itm.embedded import free_port
-from itm.errors import Failure
+from itm.job.download import fetch
+from itm.outcomes import Failure
 from tests.servers import FaultServer
 
 # The test servers are on loopback: opted in to private addresses, explicitly.

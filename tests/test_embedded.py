@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from itm.embedded import EmbeddedMongo, Pid, State, free_port
-from itm.ray_runtime import LOCAL_ENV
+from itm.job.ray_runtime import LOCAL_ENV
 from itm.store import connect
 from tests.conftest import ROOT, write_urls
 from tests.servers import PicsumServer, picsum_lines

@@ -19,14 +19,14 @@ from pymongo.database import Database
 from ray.actor import ActorHandle
 
 from itm import store
+from itm.api.queries import image_png
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
-from itm.errors import Failure
-from itm.imaging import grayscale_png, md5_hex
-from itm.lines import read_lines
-from itm.pipeline import run_batches
-from itm.queries import image_png
-from itm.writer import Counts, MongoWriter, WriterActor
+from itm.job.imaging import grayscale_png, md5_hex
+from itm.job.lines import read_lines
+from itm.job.pipeline import run_batches
+from itm.job.writer import Counts, MongoWriter, WriterActor
+from itm.outcomes import Failure
 from tests.conftest import ROOT, run_itm, write_urls
 from tests.servers import PicsumServer, jpeg, picsum_lines
 

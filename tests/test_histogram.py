@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from itm.histogram import (
+from itm.api.histogram import (
     EARLIEST,
     LATEST,
     MAX_BUCKETS,

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-import itm.download
+import itm.job.download
 from itm.config import Settings
-from itm.download import fetch
-from itm.errors import Failure
-from itm.lines import MAX_LINE
-from itm.urls import address_refusal
+from itm.job.download import fetch
+from itm.job.lines import MAX_LINE
+from itm.job.urls import address_refusal
+from itm.outcomes import Failure
 from tests.conftest import run_itm
 from tests.hostile_servers import HostileServer
 
@@ -137,7 +137,7 @@ def test_a_redirect_to_loopback_is_refused_at_its_hop(
         asked.append(str(address))
         return None if len(asked) == 1 else address_refusal(address, settings)
 
-    monkeypatch.setattr(itm.download, "address_refusal", first_hop_public)
+    monkeypatch.setattr(itm.job.download, "address_refusal", first_hop_public)
     with HostileServer() as target:
         port = target.url.rsplit(":", 1)[1]
         for host in ("127.0.0.1", "localhost", "2130706433", "[::ffff:127.0.0.1]"):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itm.errors import Failure
-from itm.imaging import decode, gray_of_rgb, grayscale_png, md5_hex
+from itm.job.imaging import decode, gray_of_rgb, grayscale_png, md5_hex
+from itm.outcomes import Failure
 from tests.servers import bomb_png, jpeg, photo
 
 SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"

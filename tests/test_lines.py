@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from itm.errors import Failure
-from itm.lines import MAX_LINE, count_lines, hide_credentials, read_lines
-from itm.urls import check_url
+from itm.job.lines import MAX_LINE, count_lines, hide_credentials, read_lines
+from itm.job.urls import check_url
+from itm.outcomes import Failure
 
 
 def write(tmp_path: Path, data: bytes) -> Path:

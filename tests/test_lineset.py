@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from itm.fingerprint import MIB, fingerprint
-from itm.lineset import LineSet
+from itm.job.fingerprint import MIB, fingerprint
+from itm.job.lineset import LineSet
 
 
 def test_a_lineset_holds_exactly_its_numbers_as_ranges() -> None:

@@ -22,7 +22,7 @@ from PIL import Image
 from pymongo.database import Database
 
 from itm.embedded import free_port
-from itm.imaging import md5_hex
+from itm.job.imaging import md5_hex
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS
 from tests.conftest import ROOT, PicsumRun
 

@@ -12,11 +12,11 @@ import pytest
 import ray
 from pymongo.database import Database
 
-from itm import pipeline
 from itm.config import Settings
-from itm.lines import read_lines
-from itm.pipeline import Downloaded, _chunks, groups, run_batches
-from itm.writer import WriterActor
+from itm.job import pipeline
+from itm.job.lines import read_lines
+from itm.job.pipeline import Downloaded, _chunks, groups, run_batches
+from itm.job.writer import WriterActor
 from tests.conftest import write_urls
 from tests.servers import FaultServer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import re
 
-from itm.errors import REASONS
+from itm.outcomes import REASONS
 from tests.conftest import ROOT
 
 

@@ -12,7 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from itm.embedded import free_port
-from itm.ray_runtime import LOCAL_ENV
+from itm.job.ray_runtime import LOCAL_ENV
 from tests.conftest import ROOT, write_urls
 from tests.servers import PicsumServer, picsum_lines
 

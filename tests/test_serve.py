@@ -24,10 +24,7 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.schema import ServeDeploySchema
 
-from itm.config import Settings
-from itm.embedded import EmbeddedMongo, free_port
-from itm.ray_runtime import LOCAL_ENV
-from itm.serving import (
+from itm.api.serving import (
     APP_NAME,
     MAX_ONGOING_REQUESTS,
     MAX_QUEUED_REQUESTS,
@@ -35,6 +32,9 @@ from itm.serving import (
     ApiDeployment,
     serve_api,
 )
+from itm.config import Settings
+from itm.embedded import EmbeddedMongo, free_port
+from itm.job.ray_runtime import LOCAL_ENV
 from tests.apidata import ApiData, fill
 from tests.conftest import ROOT, write_urls
 

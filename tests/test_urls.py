@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from itm.errors import Failure
-from itm.urls import check_url
+from itm.job.urls import check_url
+from itm.outcomes import Failure
 
 
 @pytest.mark.parametrize("line, url", [

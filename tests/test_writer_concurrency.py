@@ -23,14 +23,14 @@ from pymongo import InsertOne
 from pymongo.database import Database
 
 from itm import store
+from itm.api.histogram import floor_minute
 from itm.config import Settings
-from itm.errors import Failure
-from itm.histogram import floor_minute
-from itm.imaging import GrayImage
-from itm.lines import read_lines
-from itm.pipeline import run_batches
-from itm.urls import MAX_URL_LENGTH
-from itm.writer import Counts, MongoWriter, WriterActor, _bulk
+from itm.job.imaging import GrayImage
+from itm.job.lines import read_lines
+from itm.job.pipeline import run_batches
+from itm.job.urls import MAX_URL_LENGTH
+from itm.job.writer import Counts, MongoWriter, WriterActor, _bulk
+from itm.outcomes import Failure
 from tests.conftest import run_itm, write_urls
 from tests.servers import PicsumServer
 

@@ -6,7 +6,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
-from itm.histogram import Bucket, Totals
+from itm.api.histogram import Bucket, Totals
 
 
 class ImageItem(BaseModel):

@@ -1,6 +1,6 @@
 """The HTTP API: one FastAPI app over itm's MongoDB data.
 
-Importable and testable without Ray (``itm.serving`` deploys it on Ray Serve;
+Importable and testable without Ray (``itm.api.serving`` deploys it on Ray Serve;
 ``uvicorn --factory itm.api:create_app`` runs it alone). It only reads: the
 writer actor of the job is the only writer. MongoDB being away is a state of the
 world, not a bug: every route answers 503 then, and the app recovers by itself
@@ -24,15 +24,16 @@ from pymongo import timeout as mongo_timeout
 from pymongo.database import Database
 from pymongo.errors import ExecutionTimeout, NetworkTimeout, PyMongoError
 
-from itm import __version__, queries
-from itm.chart import histogram_png
-from itm.coalesce import Busy
+from itm import __version__
+from itm.api import queries
+from itm.api.chart import histogram_png
+from itm.api.coalesce import Busy
+from itm.api.dashboard import render_dashboard
+from itm.api.histogram import totals
+from itm.api.models import Health, ImageItem, ImagePage, Monitoring, Problem
+from itm.api.timing import ServerTimingMiddleware
 from itm.config import Settings
-from itm.dashboard import render_dashboard
-from itm.histogram import totals
-from itm.models import Health, ImageItem, ImagePage, Monitoring, Problem
 from itm.store import connect
-from itm.timing import ServerTimingMiddleware
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from html import escape
 
-from itm.histogram import Totals
-from itm.models import ImageItem
+from itm.api.histogram import Totals
+from itm.api.models import ImageItem
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1060px; color: #222; }

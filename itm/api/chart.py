@@ -18,8 +18,8 @@ from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from itm.coalesce import Coalescer
-from itm.histogram import MINUTE, Bucket, totals
+from itm.api.coalesce import Coalescer
+from itm.api.histogram import MINUTE, Bucket, totals
 
 SUCCESS_COLOR = "#2e7d32"
 ERROR_COLOR = "#c62828"
@@ -60,7 +60,7 @@ charts: Coalescer[tuple[tuple[Bucket, ...], str], bytes] = Coalescer(
 
 
 def histogram_png(buckets: Sequence[Bucket], empty_message: str = "no data yet") -> bytes:
-    """``render_histogram`` through ``charts``; ``itm.coalesce.Busy`` when too many wait."""
+    """``render_histogram`` through ``charts``; ``itm.api.coalesce.Busy`` when too many wait."""
     return charts((tuple(buckets), empty_message))
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from itm.errors import Failure
+from itm.outcomes import Failure
 
 # Modes whose gray value is already the single channel: (v + v + v) // 3 == v.
 _SINGLE_CHANNEL = {"L", "1"}

@@ -9,7 +9,7 @@ Nothing is left to the server:
 - redirects are followed hop by hop here; a redirect's body is never read (at most
   a small one that has already arrived, to keep the connection), and every body
   read counts against ``--max-bytes``, decompressed size included;
-- each hop's host is resolved once, each address checked (``itm.urls``), and the
+- each hop's host is resolved once, each address checked (``itm.job.urls``), and the
   connection goes to the address that was checked, so DNS cannot swap it; TLS is
   still verified against the host name;
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
@@ -42,8 +42,8 @@ import certifi
 from requests.utils import requote_uri
 
 from itm.config import Settings
-from itm.errors import Failure
-from itm.urls import Target, address_refusal, check_url, target_of
+from itm.job.urls import Target, address_refusal, check_url, target_of
+from itm.outcomes import Failure
 
 # Worth another try: the server or the path to it may be fine a moment later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 from requests.utils import requote_uri
 
 from itm.config import Settings
-from itm.errors import Failure
-from itm.lines import MAX_LINE
+from itm.job.lines import MAX_LINE
+from itm.outcomes import Failure
 
 MAX_URL_LENGTH = 2048
 SCHEMES = ("http", "https")

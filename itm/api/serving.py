@@ -25,7 +25,7 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
 
-from itm.api import create_app, require_mongo_uri
+from itm.api.app import create_app, require_mongo_uri
 from itm.config import Settings
 from itm.embedded import free_port
 

@@ -22,7 +22,7 @@ from gridfs import GridFSBucket, GridOut
 from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 
-from itm.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
+from itm.api.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
 from itm.store import GRAY_BUCKET, IMAGES, MONITORING
 
 MD5_RE = re.compile(r"[0-9a-f]{32}")

@@ -27,7 +27,8 @@ from itm.embedded import EmbeddedMongo
 from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
 from itm.job.ray_runtime import init_ray
-from itm.job.writer import Counts, WriterActor
+from itm.job.writer import WriterActor
+from itm.outcomes import Counts
 from tests.servers import PicsumServer, picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent

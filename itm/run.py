@@ -27,7 +27,8 @@ from itm.job.fingerprint import fingerprint
 from itm.job.lines import count_lines, read_lines
 from itm.job.pipeline import run_batches
 from itm.job.ray_runtime import init_ray
-from itm.job.writer import Counts, MongoUnavailable, WriterActor
+from itm.job.writer import MongoUnavailable, WriterActor
+from itm.outcomes import Counts
 from itm.store import connect, redact
 
 

@@ -25,8 +25,8 @@ from itm.embedded import EmbeddedMongo, free_port
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
-from itm.job.writer import Counts, MongoWriter, WriterActor
-from itm.outcomes import Failure
+from itm.job.writer import MongoWriter, WriterActor
+from itm.outcomes import Counts, Failure
 from tests.conftest import ROOT, run_itm, write_urls
 from tests.servers import PicsumServer, jpeg, picsum_lines
 

@@ -29,8 +29,8 @@ from itm.job.imaging import GrayImage
 from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
 from itm.job.urls import MAX_URL_LENGTH
-from itm.job.writer import Counts, MongoWriter, WriterActor, _bulk
-from itm.outcomes import Failure
+from itm.job.writer import MongoWriter, WriterActor, _bulk
+from itm.outcomes import Counts, Failure
 from tests.conftest import run_itm, write_urls
 from tests.servers import PicsumServer
 

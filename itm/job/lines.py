@@ -11,7 +11,7 @@ import re
 from collections.abc import Container, Iterator
 from pathlib import Path
 
-Line = tuple[int, str]  # (1-based line number, text of the line)
+from itm.outcomes import Line
 
 MAX_LINE = 8192  # characters; a longer line is cut to MAX_LINE + 1 and refused
 _SKIP = 1 << 16  # characters read at a time while skipping the rest of a long line

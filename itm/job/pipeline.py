@@ -37,9 +37,8 @@ from ray.actor import ActorHandle
 from itm.config import Settings
 from itm.job.download import fetch
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
-from itm.job.lines import Line
-from itm.job.writer import Counts, MongoUnavailable
-from itm.outcomes import Failure
+from itm.job.writer import MongoUnavailable
+from itm.outcomes import Counts, Failure, Line
 
 GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
 GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines

@@ -57,14 +57,14 @@ from itm.api.histogram import floor_minute
 from itm.job.imaging import GrayImage
 from itm.job.lineset import LineSet
 from itm.job.urls import MAX_URL_LENGTH
-from itm.outcomes import Failure
+from itm.outcomes import Counts, Failure, Line, Reason
 
 T = TypeVar("T")
 # One input line as the writer gets it: ((line number, url), md5, grayscale or failure).
-Item = tuple[tuple[int, str], str | None, GrayImage | Failure]
+Item = tuple[Line, str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
 MAX_DETAIL = 500
-STORAGE_ERROR = "storage_error"
+STORAGE_ERROR = Reason.STORAGE_ERROR.value
 # What a counted event needs, when it is read back.
 EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "tally": 1,
                 "finished_at": 1, "batch": 1}
@@ -72,40 +72,6 @@ EVENT_FIELDS = {"_id": 0, "line": 1, "status": 1, "reason": 1, "duplicate": 1, "
 
 class MongoUnavailable(RuntimeError):
     """MongoDB stayed unreachable for longer than the writer's retry budget."""
-
-
-@dataclass
-class Counts:
-    """Outcomes of some lines: what the progress bar and the summary show."""
-
-    success: int = 0
-    error: int = 0
-    duplicates: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def lines(self) -> int:
-        return self.success + self.error
-
-    def add(self, other: Counts) -> None:
-        self.success += other.success
-        self.error += other.error
-        self.duplicates += other.duplicates
-        self.reasons.update(other.reasons)
-
-    @classmethod
-    def of_events(cls, events: Iterable[dict]) -> Counts:
-        """Counts of event documents, or of groups of them that carry their size ``n``."""
-        counts = cls()
-        for event in events:
-            n = event.get("n", 1)
-            if event["status"] == "success":
-                counts.success += n
-                counts.duplicates += n if event.get("duplicate") else 0
-            else:
-                counts.error += n
-                counts.reasons[event["reason"]] += n
-        return counts
 
 
 @dataclass
@@ -253,7 +219,7 @@ class MongoWriter:
     def write(
         self,
         run_id: str,
-        lines: Sequence[tuple[int, str]],
+        lines: Sequence[Line],
         md5s: Sequence[str | None],
         grays: Sequence[GrayImage | Failure],
     ) -> Counts:

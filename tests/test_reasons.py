@@ -1,34 +1,45 @@
-"""One registry of reasons: the code raises only those, the README lists them all."""
+"""One registry of reasons: the code raises only ``Reason`` members, each one described."""
 
 from __future__ import annotations
 
 import ast
-import re
 
-from itm.outcomes import REASONS
+from itm.outcomes import REASONS, Failure, Reason, describe
 from tests.conftest import ROOT
 
 
-def reasons_in_code() -> set[str]:
-    """The reason of every ``Failure(...)`` in itm/, an f-string's fixed start as a pattern."""
-    found = set()
-    for path in (ROOT / "itm").glob("*.py"):
+def failure_reasons() -> list[ast.expr]:
+    """The first argument of every ``Failure(...)`` in itm/."""
+    found = []
+    for path in (ROOT / "itm").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Failure":
-                first = node.args[0]
-                if isinstance(first, ast.Constant):
-                    found.add(first.value)
-                elif isinstance(first, ast.JoinedStr):  # f"http_{code}"
-                    found.add(first.values[0].value + "<status>")
+                found.append(node.args[0])
     return found
 
 
-def test_the_code_raises_only_registered_reasons() -> None:
-    assert reasons_in_code() - set(REASONS) == set()
+def test_every_failure_names_a_reason_member_or_passes_one_on() -> None:
+    for first in failure_reasons():
+        match first:
+            case ast.Attribute(value=ast.Name(id="Reason"), attr=name):
+                assert name in Reason.__members__
+            case ast.Call(func=ast.Attribute(value=ast.Name(id="Reason"), attr="http")):
+                pass
+            case ast.Attribute(attr="reason"):  # an existing failure's reason, kept
+                pass
+            case _:
+                raise AssertionError(f"Failure({ast.unparse(first)}, …): use a Reason")
 
 
-def test_the_readme_lists_every_reason() -> None:
-    readme = (ROOT / "README.md").read_text()
-    outcomes = readme.split("### Outcomes", 1)[1].split("\n## ", 1)[0]
-    listed = set(re.findall(r"^\| `([a-z_<>]+)` \|", outcomes, re.MULTILINE))
-    assert listed == set(REASONS)
+def test_every_reason_is_described() -> None:
+    assert set(REASONS) == {reason.value for reason in Reason}
+    assert all(REASONS.values())
+
+
+def test_a_failure_carries_the_plain_value() -> None:
+    failure = Failure(Reason.TIMEOUT, "no data")
+    assert type(failure.reason) is str and failure.reason == "timeout"
+    assert Failure(Reason.http(404), "x").reason == "http_404"
+    assert describe("http_404") == REASONS["http_<status>"]
+    assert describe("timeout") == REASONS["timeout"]
+    assert describe("mystery") == ""

@@ -11,6 +11,7 @@ from html import escape
 
 from itm.api.histogram import Totals
 from itm.api.models import ImageItem
+from itm.outcomes import describe
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5rem auto; max-width: 1060px; color: #222; }
@@ -38,7 +39,8 @@ def _reasons(reasons: Sequence[tuple[str, int]]) -> str:
     if not reasons:
         return "<p>No errors.</p>"
     rows = "".join(
-        f'<tr><td><code>{escape(reason)}</code></td><td class="n">{count}</td></tr>'
+        f'<tr><td><code title="{escape(describe(reason))}">{escape(reason)}</code></td>'
+        f'<td class="n">{count}</td></tr>'
         for reason, count in reasons
     )
     return f"<table><tr><th>reason</th><th>lines</th></tr>{rows}</table>"

@@ -43,7 +43,7 @@ from requests.utils import requote_uri
 
 from itm.config import Settings
 from itm.job.urls import Target, address_refusal, check_url, target_of
-from itm.outcomes import Failure
+from itm.outcomes import Failure, Reason
 
 # Worth another try: the server or the path to it may be fine a moment later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
@@ -187,7 +187,7 @@ def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
     else:
         failure = None
     if exchange.expired:
-        raise Failure("timeout", f"no complete answer within the {settings.deadline:g} s "
+        raise Failure(Reason.TIMEOUT, f"no complete answer within the {settings.deadline:g} s "
                       "deadline") from None
     if failure is not None:
         raise failure from None
@@ -196,14 +196,14 @@ def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
 
 def _failure_of(exc: Exception, settings: Settings) -> Failure | _Transient:
     if isinstance(exc, TimeoutError):
-        return Failure("timeout", f"no data for {settings.read_timeout:g} s")
+        return Failure(Reason.TIMEOUT, f"no data for {settings.read_timeout:g} s")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return Failure("connection_error", f"TLS certificate refused: {exc.verify_message}")
+        return Failure(Reason.CONNECTION_ERROR, f"TLS certificate refused: {exc.verify_message}")
     if isinstance(exc, (OSError, http.client.IncompleteRead)):  # refused, reset, closed early
-        return _Transient(Failure("connection_error", str(exc) or type(exc).__name__))
+        return _Transient(Failure(Reason.CONNECTION_ERROR, str(exc) or type(exc).__name__))
     if isinstance(exc, (http.client.HTTPException, zlib.error)):
-        return Failure("download_error", f"malformed answer: {type(exc).__name__} {exc}")
-    return Failure("download_error", f"{type(exc).__name__}: {exc}")
+        return Failure(Reason.DOWNLOAD_ERROR, f"malformed answer: {type(exc).__name__} {exc}")
+    return Failure(Reason.DOWNLOAD_ERROR, f"{type(exc).__name__}: {exc}")
 
 
 def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
@@ -227,13 +227,13 @@ def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
         # Headers arrive as latin-1; a UTF-8 Location is the common case, spaces happen.
         location = location.encode("latin-1").decode("utf-8", "replace")
         url = check_url(requote_uri(urljoin(url, location)))
-    raise Failure("too_many_redirects", f"more than {settings.max_redirects} redirects")
+    raise Failure(Reason.TOO_MANY_REDIRECTS, f"more than {settings.max_redirects} redirects")
 
 
 def _status_failure(response: http.client.HTTPResponse, exchange: _Exchange,
                     settings: Settings) -> Failure | _Transient:
     code = response.status
-    failure = Failure(f"http_{code}", f"HTTP {code} {response.reason or ''}".strip())
+    failure = Failure(Reason.http(code), f"HTTP {code} {response.reason or ''}".strip())
     if code not in TRANSIENT_STATUSES:
         return failure
     wait = retry_after(response.getheader("Retry-After"))
@@ -369,7 +369,7 @@ def _addresses(target: Target, exchange: _Exchange, settings: Settings) -> list[
         return [address for address, _ in allowed]
     address, why = refused[0]
     named = f"{address} is" if address == target.host else f"{target.host} resolves to {address},"
-    raise Failure("blocked_address", f"{named} {why}")
+    raise Failure(Reason.BLOCKED_ADDRESS, f"{named} {why}")
 
 
 def _resolve(target: Target, exchange: _Exchange) -> list[str]:
@@ -396,7 +396,7 @@ def _resolve(target: Target, exchange: _Exchange) -> list[str]:
         exchange.expired = True
         raise OSError(f"no DNS answer for {target.host}")
     if isinstance(answer[0], OSError):
-        failure = Failure("connection_error", f"cannot resolve {target.host}: {answer[0]}")
+        failure = Failure(Reason.CONNECTION_ERROR, f"cannot resolve {target.host}: {answer[0]}")
         if getattr(answer[0], "errno", None) == socket.EAI_NONAME:
             raise failure
         raise _Transient(failure)
@@ -420,7 +420,7 @@ def _connect(target: Target, addresses: list[str], exchange: _Exchange, settings
             return conn
         except TimeoutError:
             _discard(conn, exchange)
-            raise Failure("timeout", f"no connection within {timeout:g} s") from None
+            raise Failure(Reason.TIMEOUT, f"no connection within {timeout:g} s") from None
         except OSError as exc:
             _discard(conn, exchange)
             error = exc
@@ -434,7 +434,7 @@ def _read_body(response: http.client.HTTPResponse, settings: Settings) -> bytes:
     limit = settings.max_bytes
     declared = response.getheader("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise Failure("too_large", f"Content-Length {int(declared):,} is over {limit:,} bytes")
+        raise Failure(Reason.TOO_LARGE, f"Content-Length {int(declared):,} is over {limit:,} bytes")
     decoder = _decoder(response.getheader("Content-Encoding"))
     body = bytearray()
     # read1 returns whatever has arrived; the watchdog bounds the wait for it.
@@ -443,7 +443,7 @@ def _read_body(response: http.client.HTTPResponse, settings: Settings) -> bytes:
             chunk = decoder.decompress(chunk, limit - len(body) + 1)
         body += chunk
         if len(body) > limit:
-            raise Failure("too_large", f"body is over {limit:,} bytes"
+            raise Failure(Reason.TOO_LARGE, f"body is over {limit:,} bytes"
                           + (" once decompressed" if decoder is not None else ""))
     if response.length:  # the connection ended before the Content-Length did
         raise http.client.IncompleteRead(b"", response.length)
@@ -456,7 +456,7 @@ def _decoder(encoding: str | None) -> zlib._Decompress | None:
         return None
     if encoding in ("gzip", "x-gzip", "deflate"):
         return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
-    raise Failure("download_error", f"Content-Encoding {encoding!r} is not supported")
+    raise Failure(Reason.DOWNLOAD_ERROR, f"Content-Encoding {encoding!r} is not supported")
 
 
 def _finish(target: Target, conn: _Connection, response: http.client.HTTPResponse,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from itm.outcomes import Failure
+from itm.outcomes import Failure, Reason
 
 # Modes whose gray value is already the single channel: (v + v + v) // 3 == v.
 _SINGLE_CHANNEL = {"L", "1"}
@@ -51,13 +51,13 @@ def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Imag
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise Failure("decompression_bomb", str(exc)) from None
+        raise Failure(Reason.DECOMPRESSION_BOMB, str(exc)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise Failure("not_an_image", f"not a raster image Pillow can read: {exc}") from None
+        raise Failure(Reason.NOT_AN_IMAGE, f"not a raster image Pillow can read: {exc}") from None
     width, height = image.size
     if width * height > max_pixels:
         raise Failure(
-            "decompression_bomb",
+            Reason.DECOMPRESSION_BOMB,
             f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,}",
         )
     try:
@@ -68,7 +68,7 @@ def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Imag
         return ImageOps.exif_transpose(image)
     # Pillow signals corrupt data with many exception types, truncation included.
     except Exception as exc:
-        raise Failure("not_an_image", f"cannot decode {image.format} data: {exc}") from None
+        raise Failure(Reason.NOT_AN_IMAGE, f"cannot decode {image.format} data: {exc}") from None
 
 
 def gray_of_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from itm.config import Settings
 from itm.job.download import fetch
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
 from itm.job.writer import MongoUnavailable
-from itm.outcomes import Counts, Failure, Line
+from itm.outcomes import Counts, Failure, Line, Reason
 
 GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
 GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines
@@ -140,7 +140,7 @@ def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
     except Failure as failure:
         return failure
     except Exception as exc:  # a decoder bug must not cost the other lines of the batch
-        return Failure("processing_error", f"{type(exc).__name__}: {exc}")
+        return Failure(Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
 
 
 @dataclass
@@ -264,7 +264,7 @@ class _Driver:
             return
         text = str(error).strip()
         detail = text.splitlines()[-1] if text else type(error).__name__
-        self._record(lines, Failure("worker_failed", f"a task of this batch failed: {detail}"))
+        self._record(lines, Failure(Reason.WORKER_FAILED, f"a task of this batch failed: {detail}"))
 
     def _record(self, lines: list[Line], failure: Failure) -> None:
         """Write lines that have no bytes as errors."""
@@ -285,7 +285,7 @@ class _Driver:
                 ray.cancel(generator, force=True)
                 del self.downloading[generator]
                 self._record(list(chunk.pending.items()), Failure(
-                    "timeout", f"no answer within the {self.settings.deadline:g} s deadline "
+                    Reason.TIMEOUT, f"no answer within the {self.settings.deadline:g} s deadline "
                     f"(download task cancelled after {limit:g} s)"))
 
 

@@ -14,7 +14,7 @@ from requests.utils import requote_uri
 
 from itm.config import Settings
 from itm.job.lines import MAX_LINE
-from itm.outcomes import Failure
+from itm.outcomes import Failure, Reason
 
 MAX_URL_LENGTH = 2048
 SCHEMES = ("http", "https")
@@ -28,39 +28,39 @@ LINK_LOCAL_FLAG = "--allow-link-local-addresses (ITM_ALLOW_LINK_LOCAL_ADDRESSES=
 
 
 def check_url(line: str) -> str:
-    """Return the URL of an input line, or raise ``Failure("invalid_url", …)``.
+    """Return the URL of an input line, or raise ``Failure(Reason.INVALID_URL, …)``.
 
     Only absolute http and https URLs with a host pass; ``file://`` and every other
     scheme are refused here, so they are never opened. So are URLs carrying
     ``user:password@``: itm never sends credentials found in a list.
     """
     if len(line) > MAX_LINE:
-        raise Failure("invalid_url", f"line too long: over {MAX_LINE:,} characters")
+        raise Failure(Reason.INVALID_URL, f"line too long: over {MAX_LINE:,} characters")
     url = line.strip()
     if not url:
-        raise Failure("invalid_url", "empty line")
+        raise Failure(Reason.INVALID_URL, "empty line")
     if len(url) > MAX_URL_LENGTH:
-        raise Failure("invalid_url", f"URL longer than {MAX_URL_LENGTH} characters")
+        raise Failure(Reason.INVALID_URL, f"URL longer than {MAX_URL_LENGTH} characters")
     if "\ufffd" in url:
-        raise Failure("invalid_url", "line is not valid UTF-8")
+        raise Failure(Reason.INVALID_URL, "line is not valid UTF-8")
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise Failure("invalid_url", "URL contains whitespace or control characters")
+        raise Failure(Reason.INVALID_URL, "URL contains whitespace or control characters")
     try:
         parts = urlsplit(url)
         port = parts.port  # raises ValueError on a bad port
     except ValueError as exc:
-        raise Failure("invalid_url", f"malformed URL: {exc}") from None
+        raise Failure(Reason.INVALID_URL, f"malformed URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         shown = f"'{scheme}'" if scheme else "none"
-        raise Failure("invalid_url", f"scheme {shown} is not http or https")
+        raise Failure(Reason.INVALID_URL, f"scheme {shown} is not http or https")
     if "@" in parts.netloc:
-        raise Failure("invalid_url", "URL carries user:password@ credentials: itm never "
+        raise Failure(Reason.INVALID_URL, "URL carries user:password@ credentials: itm never "
                       "sends them (and stores the line with ***@ in their place)")
     if not parts.hostname:
-        raise Failure("invalid_url", "URL has no host")
+        raise Failure(Reason.INVALID_URL, "URL has no host")
     if port == 0:
-        raise Failure("invalid_url", "port 0")
+        raise Failure(Reason.INVALID_URL, "port 0")
     return url
 
 
@@ -81,7 +81,7 @@ def target_of(url: str) -> Target:
     try:
         host = parts.hostname.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise Failure("invalid_url", f"host name is not valid: {exc}") from None
+        raise Failure(Reason.INVALID_URL, f"host name is not valid: {exc}") from None
     tls = parts.scheme.lower() == "https"
     port = parts.port or (443 if tls else 80)
     literal = f"[{host}]" if ":" in host else host

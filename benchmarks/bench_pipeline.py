@@ -47,14 +47,13 @@ from bson import Binary
 from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 
-from itm.api.histogram import floor_minute
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.job.download import fetch
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.ray_runtime import LOCAL_ENV
 from itm.outcomes import Failure
-from itm.store import connect, ensure_indexes
+from itm.store import connect, ensure_indexes, floor_minute
 
 ROOT = Path(__file__).resolve().parent.parent
 LINES = (ROOT / "urls.txt").read_text().splitlines()

@@ -28,11 +28,11 @@ from pymongo import UpdateOne, monitoring
 from pymongo.database import Database
 
 from itm import store
-from itm.api.histogram import floor_minute
 from itm.embedded import EmbeddedMongo
 from itm.job.imaging import GrayImage, grayscale_png
 from itm.job.writer import MongoWriter, utcnow
 from itm.outcomes import Failure
+from itm.store import floor_minute
 
 Batch = tuple[list[tuple[int, str]], list[str | None], list[GrayImage | Failure]]
 

@@ -11,11 +11,15 @@ agree on one schema:
 - ``monitoring``: one document per minute, unique on ``minute``: ``success``,
   ``error``, ``reasons`` (errors per reason); ``tallies`` is the writer's bookkeeping.
 - ``runs``: one document per run, ``_id`` is the run id.
+
+A line counts in the UTC minute its processing finished: ``floor_minute`` is that
+bucketing, for the writer that counts and the API that reads.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
@@ -28,6 +32,13 @@ GRAY_BUCKET = "gray"
 
 # A document may hold 16 MiB; keep room for the other fields.
 MAX_INLINE_PNG = 15 * 1024 * 1024
+
+MINUTE = timedelta(minutes=1)  # the width of a monitoring bucket
+# Windows are clamped into this range: nothing itm counted is older than the Unix
+# epoch, and the margin below year 10000 keeps datetime and matplotlib arithmetic
+# from overflowing, whatever bounds a client asks for.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
 
 
 def connect(uri: str, timeout_ms: int = 5000) -> MongoClient:
@@ -52,3 +63,19 @@ def ensure_indexes(db: Database) -> None:
     db[IMAGES].create_index([("inserted_at", DESCENDING), ("md5", DESCENDING)])
     db[EVENTS].create_index([("run_id", ASCENDING), ("line", ASCENDING)], unique=True)
     db[MONITORING].create_index([("minute", ASCENDING)], unique=True)
+
+
+def to_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is taken to be UTC already."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # within a day of datetime.min or datetime.max
+        return EARLIEST if moment.year == 1 else LATEST
+
+
+def floor_minute(moment: datetime, width: timedelta = MINUTE) -> datetime:
+    """The UTC minute that contains ``moment`` (tests of the writer pass a shorter ``width``)."""
+    moment = to_utc(moment)
+    return moment - (moment - EARLIEST) % width

@@ -17,7 +17,8 @@ from itm.api.chart import (
     histogram_png,
     render_histogram,
 )
-from itm.api.histogram import MINUTE, Bucket
+from itm.api.histogram import Bucket
+from itm.store import MINUTE
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
 SIZE = (int(SIZE_INCHES[0] * DPI), int(SIZE_INCHES[1] * DPI))

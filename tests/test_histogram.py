@@ -9,19 +9,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itm.api.histogram import (
-    EARLIEST,
-    LATEST,
     MAX_BUCKETS,
-    MINUTE,
     Bucket,
     Totals,
     Window,
     fill_buckets,
-    floor_minute,
     resolve_window,
-    to_utc,
     totals,
 )
+from itm.store import EARLIEST, LATEST, MINUTE, floor_minute, to_utc
 
 UTC = timezone.utc
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=UTC)

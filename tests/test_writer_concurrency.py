@@ -23,7 +23,6 @@ from pymongo import InsertOne
 from pymongo.database import Database
 
 from itm import store
-from itm.api.histogram import floor_minute
 from itm.config import Settings
 from itm.job.imaging import GrayImage
 from itm.job.lines import read_lines
@@ -31,6 +30,7 @@ from itm.job.pipeline import run_batches
 from itm.job.urls import MAX_URL_LENGTH
 from itm.job.writer import MongoWriter, WriterActor, _bulk
 from itm.outcomes import Counts, Failure
+from itm.store import floor_minute
 from tests.conftest import run_itm, write_urls
 from tests.servers import PicsumServer
 

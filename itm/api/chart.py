@@ -19,7 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from itm.api.coalesce import Coalescer
-from itm.api.histogram import MINUTE, Bucket, totals
+from itm.api.histogram import Bucket, totals
+from itm.store import MINUTE
 
 SUCCESS_COLOR = "#2e7d32"
 ERROR_COLOR = "#c62828"

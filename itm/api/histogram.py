@@ -8,17 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
-MINUTE = timedelta(minutes=1)
+from itm.store import EARLIEST, LATEST, MINUTE, floor_minute
+
 # At most one day of minutes per histogram: bounds the query, the chart and the JSON.
 MAX_BUCKETS = 24 * 60
-# Windows are clamped into this range: nothing itm counted is older than the Unix
-# epoch, and the margin below year 10000 keeps datetime and matplotlib arithmetic
-# from overflowing, whatever bounds a client asks for.
-EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
-LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
+
 
 
 @dataclass(frozen=True)
@@ -46,22 +43,6 @@ class Window:
     @property
     def minutes(self) -> int:
         return (self.until - self.since) // MINUTE + 1
-
-
-def to_utc(moment: datetime) -> datetime:
-    """``moment`` in UTC; a naive datetime is taken to be UTC already."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        return moment.replace(tzinfo=timezone.utc)
-    try:
-        return moment.astimezone(timezone.utc)
-    except OverflowError:  # within a day of datetime.min or datetime.max
-        return EARLIEST if moment.year == 1 else LATEST
-
-
-def floor_minute(moment: datetime, width: timedelta = MINUTE) -> datetime:
-    """The UTC minute that contains ``moment`` (tests of the writer pass a shorter ``width``)."""
-    moment = to_utc(moment)
-    return moment - (moment - EARLIEST) % width
 
 
 def _clamp(minute: datetime) -> datetime:

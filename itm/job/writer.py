@@ -53,11 +53,11 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError,
 from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
-from itm.api.histogram import floor_minute
 from itm.job.imaging import GrayImage
 from itm.job.lineset import LineSet
 from itm.job.urls import MAX_URL_LENGTH
 from itm.outcomes import Counts, Failure, Line, Reason
+from itm.store import floor_minute
 
 T = TypeVar("T")
 # One input line as the writer gets it: ((line number, url), md5, grayscale or failure).

@@ -46,7 +46,7 @@ from itm.api.serving import SERVE_ENV, serve_env
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import connect
-from tests.apidata import ApiData, fill
+from tests.support.apidata import ApiData, fill
 
 DB = "bench"
 CLIENTS = (1, 16, 64)

@@ -32,7 +32,7 @@ from pymongo.database import Database
 from benchmarks.bench_api import wait_until_up
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS, connect, ensure_indexes
-from tests.apidata import png_bytes
+from tests.support.apidata import png_bytes
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 REASONS = ("http_404", "http_400", "timeout", "not_an_image")

@@ -1,7 +1,7 @@
 """Per-URL cost of itm's downloader against the requests session it replaced, on loopback.
 
 Both fetch the canonical input's lines (a 302, then a JPEG; some 404 and 400) from a
-local picsum-like server of real photographs (`tests/photo_server.py`, JPEG q85 at
+local picsum-like server of real photographs (`tests/support/photo_server.py`, JPEG q85 at
 the requested size) in its own process, with keep-alive connections: one thread
 (the pure per-URL cost) and 16 threads (one download batch). Rounds alternate the
 two, so that the machine's noise hits both alike; the medians are compared.
@@ -26,8 +26,8 @@ from requests.adapters import HTTPAdapter
 from itm.config import Settings
 from itm.job.download import fetch
 from itm.outcomes import Failure
-from tests.photo_server import PhotoServer
-from tests.servers import picsum_lines
+from tests.support.photo_server import PhotoServer
+from tests.support.servers import picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 # The server is on loopback: opted in to private addresses, explicitly.

@@ -29,7 +29,7 @@ from itm.job.pipeline import run_batches
 from itm.job.ray_runtime import init_ray
 from itm.job.writer import WriterActor
 from itm.outcomes import Counts
-from tests.servers import PicsumServer, picsum_lines
+from tests.support.servers import PicsumServer, picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024

@@ -2,7 +2,7 @@
 
     flock /tmp/itm-bench.lock python -m benchmarks.bench_pipeline [--only 0ms 100ms 10k drip]
 
-A picsum-like server of real photographs (``tests/photo_server.py``, its own
+A picsum-like server of real photographs (``tests/support/photo_server.py``, its own
 process, photos encoded before any pipeline runs) serves the canonical input
 (``urls.txt``: 650 lines, 550 images, 100 errors). Each pipeline runs as its own
 process on a fresh database of one SecantusDB, and is measured from outside:
@@ -226,7 +226,7 @@ def measure(command: list[str], env: dict[str, str]) -> Measure:
 @contextmanager
 def photo_server(latency: float, prewarm: Path, drip_seconds: float = 60.0) -> Iterator[str]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.photo_server", "--latency", str(latency),
+        [sys.executable, "-m", "tests.support.photo_server", "--latency", str(latency),
          "--prewarm", str(prewarm), "--drip-seconds", str(drip_seconds)],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

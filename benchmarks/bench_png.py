@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_png [--images 120] [--repeat 3]
 
-Encodes the grayscale of real photographs (``tests/photo_server.py``: scikit-image's
+Encodes the grayscale of real photographs (``tests/support/photo_server.py``: scikit-image's
 and matplotlib's samples) at canonical sizes, for each zlib level with the default
 strategy and with ``Z_RLE`` (what itm uses); prints bytes and encode time relative
 to level 6 with the default strategy, Pillow's default.
@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from itm.job.imaging import decode, to_gray
-from tests.photo_server import photo_files, photo_jpeg
+from tests.support.photo_server import photo_files, photo_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = (6, zlib.Z_DEFAULT_STRATEGY)  # Pillow's default

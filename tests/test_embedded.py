@@ -25,8 +25,10 @@ import pytest
 from itm.embedded import EmbeddedMongo, Pid, State, free_port
 from itm.job.ray_runtime import LOCAL_ENV
 from itm.store import connect
-from tests.conftest import ROOT, write_urls
-from tests.servers import PicsumServer, picsum_lines
+from tests.support.jobs import ROOT, write_urls
+from tests.support.servers import PicsumServer, picsum_lines
+
+pytestmark = pytest.mark.ray  # real `python -m itm.run` processes, each with its own local Ray
 
 ENV = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"}
 

@@ -11,10 +11,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from itm.embedded import free_port
 from itm.job.ray_runtime import LOCAL_ENV
-from tests.conftest import ROOT, write_urls
-from tests.servers import PicsumServer, picsum_lines
+from tests.support.jobs import ROOT, write_urls
+from tests.support.servers import PicsumServer, picsum_lines
+
+pytestmark = pytest.mark.ray  # `python -m itm.run` starts its own local Ray
 
 
 def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: Path) -> None:

@@ -15,8 +15,10 @@ from pymongo.database import Database
 
 from itm.api import create_app
 from itm.config import Settings
-from tests.apidata import fill
-from tests.liveserver import live_server
+from tests.support.apidata import fill
+from tests.support.liveserver import live_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.external]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # As root and on a closed network: no sandbox, and none of Chromium's own traffic.

@@ -1,6 +1,6 @@
 """A picsum-like server of REAL photographs, in its own process, for benchmarks and tests.
 
-    python -m tests.photo_server [--latency 0.1] [--prewarm urls.txt]
+    python -m tests.support.photo_server [--latency 0.1] [--prewarm urls.txt]
 
 ``/W/H`` answers 302 to ``/id/<photo>/<W>/<H>.jpg``: one of the sample photos that
 scikit-image and matplotlib ship in their wheels, center-cropped and resized to WxH,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps
 
-from tests.servers import MAX_SIDE, Handler, LocalServer
+from tests.support.servers import MAX_SIDE, Handler, LocalServer
 
 SKIMAGE_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg",
                   "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "motorcycle_left.png")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 
 from itm.outcomes import REASONS, Failure, Reason, describe
-from tests.conftest import ROOT
+from tests.support.jobs import ROOT
 
 
 def failure_reasons() -> list[ast.expr]:

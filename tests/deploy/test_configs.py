@@ -32,7 +32,9 @@ import pytest
 import yaml
 from pymongo.uri_parser import parse_uri
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.external  # docker-compose and hadolint
+
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 CLUSTER_FILES = ("cluster.yaml", "cluster.local.yaml")

@@ -19,8 +19,8 @@ from itm.job.download import fetch
 from itm.job.lines import MAX_LINE
 from itm.job.urls import address_refusal
 from itm.outcomes import Failure
-from tests.conftest import run_itm
-from tests.hostile_servers import HostileServer
+from tests.support.hostile_servers import HostileServer
+from tests.support.jobs import run_itm
 
 DEADLINE = 3.0
 # Loopback test servers: opted in to private addresses, explicitly.

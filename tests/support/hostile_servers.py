@@ -11,7 +11,7 @@ import threading
 import time
 from email.utils import formatdate
 
-from tests.servers import Handler, LocalServer, jpeg
+from tests.support.servers import Handler, LocalServer, jpeg
 
 DRIP = 0.2  # seconds between two bytes of a dripping answer
 BLOCK = b"\0" * 65536

@@ -24,7 +24,7 @@ from pymongo.database import Database
 from itm.embedded import free_port
 from itm.job.imaging import md5_hex
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS
-from tests.conftest import ROOT, PicsumRun
+from tests.support.jobs import ROOT, PicsumRun
 
 NOTEBOOK = ROOT / "notebooks" / "itm_tour.ipynb"
 NEWEST_FIRST = [("inserted_at", -1), ("md5", -1)]

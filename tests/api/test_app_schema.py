@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from itm.api import create_app
 from itm.config import Settings
-from tests.apidata import fill
+from tests.support.apidata import fill
 
 EXAMPLES_PER_OPERATION = 40
 # Schema-valid yet refused by design, with a 400: a cursor the API did not issue, and

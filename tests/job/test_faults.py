@@ -27,8 +27,8 @@ from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
 from itm.job.writer import MongoWriter, WriterActor
 from itm.outcomes import Counts, Failure
-from tests.conftest import ROOT, run_itm, write_urls
-from tests.servers import PicsumServer, jpeg, picsum_lines
+from tests.support.jobs import ROOT, run_itm, write_urls
+from tests.support.servers import PicsumServer, jpeg, picsum_lines
 
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 

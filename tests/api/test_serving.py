@@ -35,8 +35,8 @@ from itm.api.serving import (
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.job.ray_runtime import LOCAL_ENV
-from tests.apidata import ApiData, fill
-from tests.conftest import ROOT, write_urls
+from tests.support.apidata import ApiData, fill
+from tests.support.jobs import ROOT, write_urls
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ from PIL import Image
 from pymongo import MongoClient
 from pymongo.database import Database
 
-from tests.conftest import PicsumRun, run_itm, write_urls
-from tests.servers import FaultServer
+from tests.support.jobs import PicsumRun, run_itm, write_urls
+from tests.support.servers import FaultServer
 
 
 def reference_gray(jpeg: bytes) -> np.ndarray:

@@ -15,8 +15,9 @@ from PIL import Image
 
 from itm.api import create_app
 from itm.config import Settings
+from itm.outcomes import describe
 from itm.store import EVENTS, GRAY_BUCKET, IMAGES, MONITORING
-from tests.conftest import PicsumRun
+from tests.support.jobs import PicsumRun
 
 
 @pytest.fixture(scope="module")
@@ -76,4 +77,6 @@ def test_dashboard_shows_the_run(client: TestClient, picsum_run: PicsumRun) -> N
     )
     assert reasons
     for reason, count in reasons.items():
-        assert f'<td><code>{escape(reason)}</code></td><td class="n">{count}</td>' in page
+        title = escape(describe(reason))
+        assert (f'<td><code title="{title}">{escape(reason)}</code></td>'
+                f'<td class="n">{count}</td>') in page

@@ -13,7 +13,7 @@ from PIL import Image
 
 from itm.job.imaging import decode, gray_of_rgb, grayscale_png, md5_hex
 from itm.outcomes import Failure
-from tests.servers import bomb_png, jpeg, photo
+from tests.support.servers import bomb_png, jpeg, photo
 
 SAMPLES = Path(matplotlib.get_data_path()) / "sample_data"
 PHOTOS = ["grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png"]

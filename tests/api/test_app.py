@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from html import escape
 from pathlib import Path
 from unittest.mock import patch
 
@@ -21,8 +22,9 @@ from itm.api import chart, create_app
 from itm.api.coalesce import Coalescer
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
+from itm.outcomes import describe
 from itm.store import IMAGES, MONITORING
-from tests.apidata import COUNTS, REASONS, START, ApiData, fill
+from tests.support.apidata import COUNTS, REASONS, START, ApiData, fill
 
 
 @pytest.fixture
@@ -293,7 +295,9 @@ def test_dashboard(client: TestClient, data: ApiData) -> None:
     for label, count in [("lines processed", total), ("success", data.success),
                          ("error", data.error), ("images stored", len(data.pngs))]:
         assert f"<div>{label}<b>{count}</b></div>" in page
-    assert f'<td><code>http_404</code></td><td class="n">{REASONS.count("http_404")}</td>' in page
+    title = escape(describe("http_404"))
+    assert (f'<td><code title="{title}">http_404</code></td>'
+            f'<td class="n">{REASONS.count("http_404")}</td>') in page
     assert "&lt;b&gt;not_an_image&lt;/b&gt;" in page
     assert "<b>not_an_image</b>" not in page
     for md5 in data.newest_first:
@@ -387,7 +391,8 @@ def test_totals_count_minutes_without_reasons(client: TestClient, db: Database) 
     ])
     page = client.get("/").text
     assert "<div>lines processed<b>6</b></div>" in page
-    assert '<td><code>timeout</code></td><td class="n">1</td>' in page
+    title = escape(describe("timeout"))
+    assert f'<td><code title="{title}">timeout</code></td><td class="n">1</td>' in page
 
 
 def test_too_many_charts_at_once_is_503(client: TestClient, data: ApiData) -> None:

@@ -12,7 +12,7 @@ from itm.config import Settings
 from itm.embedded import free_port
 from itm.job.download import fetch
 from itm.outcomes import Failure
-from tests.servers import FaultServer
+from tests.support.servers import FaultServer
 
 # The test servers are on loopback: opted in to private addresses, explicitly.
 SETTINGS = Settings(connect_timeout=1.0, read_timeout=0.5, deadline=2.0, retries=2,

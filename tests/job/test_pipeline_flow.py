@@ -17,8 +17,8 @@ from itm.job import pipeline
 from itm.job.lines import read_lines
 from itm.job.pipeline import Downloaded, _chunks, groups, run_batches
 from itm.job.writer import WriterActor
-from tests.conftest import write_urls
-from tests.servers import FaultServer
+from tests.support.jobs import write_urls
+from tests.support.servers import FaultServer
 
 
 def finished(number: int, size: int = 10) -> tuple[tuple[int, str], Downloaded]:

@@ -17,8 +17,10 @@ from ray.cluster_utils import Cluster
 from ray.util.state import list_tasks
 
 from itm.job.ray_runtime import LOCAL_ENV
-from tests.conftest import ROOT, run_itm, write_urls
-from tests.servers import PicsumServer, picsum_lines
+from tests.support.jobs import ROOT, run_itm, write_urls
+from tests.support.servers import PicsumServer, picsum_lines
+
+pytestmark = pytest.mark.ray
 
 LINES = 300
 

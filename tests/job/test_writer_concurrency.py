@@ -31,8 +31,8 @@ from itm.job.urls import MAX_URL_LENGTH
 from itm.job.writer import MongoWriter, WriterActor, _bulk
 from itm.outcomes import Counts, Failure
 from itm.store import floor_minute
-from tests.conftest import run_itm, write_urls
-from tests.servers import PicsumServer
+from tests.support.jobs import run_itm, write_urls
+from tests.support.servers import PicsumServer
 
 MINUTE = 1.0  # seconds
 # The local picsum is on loopback: opt in to private addresses, explicitly.

@@ -104,7 +104,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``ITM_*`` variables over the defaults (what the API uses)."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, typing.Any] = {}
         for f in dataclasses.fields(cls):
             name, kind = ENV_PREFIX + f.name.upper(), _base_type(f)
             raw = environ.get(name)
@@ -151,12 +151,12 @@ class Settings:
             raise  # unreachable: parser.error exits
 
 
-def _base_type(f: dataclasses.Field) -> type:
+def _base_type(f: dataclasses.Field[typing.Any]) -> type:
     """The concrete type of a field: ``str`` for ``str | None``."""
     hint = typing.get_type_hints(Settings)[f.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
+    return typing.cast(type, hint)
 
 
 def _parse(kind: type, raw: str) -> object:

@@ -99,6 +99,7 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     serve_api(settings)
     host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
     base = f"http://{host}:{settings.port}"
+    assert settings.mongo_uri is not None  # set by main before serving
     client = connect(settings.mongo_uri)
     newest, _ = image_page(client[settings.db], limit=1)
     client.close()

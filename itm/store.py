@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
 from pymongo.database import Database
@@ -41,7 +42,7 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
 
 
-def connect(uri: str, timeout_ms: int = 5000) -> MongoClient:
+def connect(uri: str, timeout_ms: int = 5000) -> MongoClient[dict[str, Any]]:
     """A client that returns tz-aware UTC datetimes and fails fast when nobody answers."""
     return MongoClient(
         uri,
@@ -57,7 +58,7 @@ def redact(uri: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri)
 
 
-def ensure_indexes(db: Database) -> None:
+def ensure_indexes(db: Database[Any]) -> None:
     """Create the indexes the contract relies on (idempotent)."""
     db[IMAGES].create_index([("md5", ASCENDING)], unique=True)
     db[IMAGES].create_index([("inserted_at", DESCENDING), ("md5", DESCENDING)])

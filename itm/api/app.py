@@ -123,8 +123,9 @@ async def _busy(request: Request, exc: Exception) -> JSONResponse:
                         status_code=503, headers=RETRY_SOON)
 
 
-def get_db(request: Request) -> Database:
-    return request.app.state.db
+def get_db(request: Request) -> Database[Any]:
+    db: Database[Any] = request.app.state.db
+    return db
 
 
 def bounded(request: Request) -> AbstractContextManager[None]:
@@ -136,7 +137,7 @@ def bounded(request: Request) -> AbstractContextManager[None]:
     return mongo_timeout(request.app.state.read_timeout)
 
 
-DB = Annotated[Database, Depends(get_db)]
+DB = Annotated[Database[Any], Depends(get_db)]
 router = APIRouter()
 
 

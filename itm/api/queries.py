@@ -33,11 +33,11 @@ CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
 BUCKET_FIELDS = {"_id": 0, "minute": 1, "success": 1, "error": 1}
 
 
-def image_exists(db: Database, md5: str) -> bool:
+def image_exists(db: Database[Any], md5: str) -> bool:
     return db[IMAGES].find_one({"md5": md5}, {"_id": 1}) is not None
 
 
-def image_png(db: Database, md5: str) -> bytes | GridOut | None:
+def image_png(db: Database[Any], md5: str) -> bytes | GridOut | None:
     """The stored PNG of ``md5``: the bytes of the document, or an open GridFS stream.
 
     ``None`` for an unknown md5; ``gridfs.errors.NoFile`` when the document
@@ -88,7 +88,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def image_page(
-    db: Database, limit: int, after: tuple[datetime, str] | None = None
+    db: Database[Any], limit: int, after: tuple[datetime, str] | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``limit`` images, newest first, after the cursor position; and the next cursor.
 
@@ -105,13 +105,13 @@ def image_page(
     return docs[:limit], encode_cursor(docs[limit - 1])
 
 
-def _edge_minute(db: Database, direction: int) -> datetime | None:
+def _edge_minute(db: Database[Any], direction: int) -> datetime | None:
     doc = db[MONITORING].find_one({}, {"_id": 0, "minute": 1}, sort=[("minute", direction)])
     return None if doc is None else doc["minute"]
 
 
 def histogram(
-    db: Database, since: datetime | None, until: datetime | None
+    db: Database[Any], since: datetime | None, until: datetime | None
 ) -> tuple[Window | None, list[Bucket]]:
     """The window to show and its zero-filled buckets (see ``resolve_window``).
 
@@ -129,7 +129,7 @@ def histogram(
     return window, fill_buckets(window, docs)
 
 
-def summary(db: Database) -> tuple[Totals, list[tuple[str, int]]]:
+def summary(db: Database[Any]) -> tuple[Totals, list[tuple[str, int]]]:
     """All-time successes and errors, and errors by reason (most frequent first).
 
     Sums the per-minute counters (``reasons`` counts each minute's errors by
@@ -154,6 +154,6 @@ def summary(db: Database) -> tuple[Totals, list[tuple[str, int]]]:
     return totals, reasons
 
 
-def image_count(db: Database) -> int:
+def image_count(db: Database[Any]) -> int:
     """From the collection's metadata: O(1), however many images there are."""
     return db[IMAGES].estimated_document_count()

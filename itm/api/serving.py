@@ -108,7 +108,7 @@ class ApiDeployment:
 def api_application(settings: Settings) -> Application:
     """The bound deployment; fails here, before any replica starts, without a MongoDB URI."""
     require_mongo_uri(settings)
-    return ApiDeployment.bind(settings)
+    return ApiDeployment.bind(settings)  # type: ignore[attr-defined,no-any-return]  # Serve's decorators are untyped
 
 
 def serve_api(settings: Settings, timeout: float = 30.0) -> None:

@@ -36,6 +36,7 @@ import threading
 import time
 import zlib
 from datetime import datetime, timezone
+from typing import Any
 from urllib.parse import urljoin
 
 import certifi
@@ -56,6 +57,7 @@ USER_AGENT = "itm/0.1"
 DRAIN_BYTES = 4096
 DRAIN_SECONDS = 0.05
 _TLS = ssl.create_default_context(cafile=certifi.where())
+AddrInfo = tuple[Any, ...]  # one answer of socket.getaddrinfo
 
 
 class _Transient(Exception):
@@ -360,8 +362,8 @@ def _send(conn: _Connection, target: Target, exchange: _Exchange, settings: Sett
 
 def _addresses(target: Target, exchange: _Exchange, settings: Settings) -> list[str]:
     """The addresses of the hop's host that may be connected to, resolved once."""
-    refused = []
-    allowed = []
+    refused: list[tuple[str, str | None]] = []
+    allowed: list[tuple[str, str | None]] = []
     for address in _resolve(target, exchange):
         why = address_refusal(ipaddress.ip_address(address), settings)
         (allowed if why is None else refused).append((address, why))
@@ -381,7 +383,7 @@ def _resolve(target: Target, exchange: _Exchange) -> list[str]:
                                              flags=socket.AI_NUMERICHOST))
     except socket.gaierror:
         pass
-    answer: list = []
+    answer: list[list[AddrInfo] | OSError] = []
     done = threading.Event()
 
     def lookup() -> None:
@@ -403,7 +405,7 @@ def _resolve(target: Target, exchange: _Exchange) -> list[str]:
     return _sockaddrs(answer[0])
 
 
-def _sockaddrs(infos: list) -> list[str]:
+def _sockaddrs(infos: list[AddrInfo]) -> list[str]:
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 

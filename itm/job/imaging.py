@@ -35,9 +35,14 @@ class GrayImage:
     mode: str  # "L", or "LA" when the source has transparency
 
 
+def _buffer(data: bytes | memoryview | np.ndarray) -> bytes | memoryview:
+    """The bytes of ``data`` without a copy (an array's own memoryview)."""
+    return data.data if isinstance(data, np.ndarray) else data
+
+
 def md5_hex(data: bytes | memoryview | np.ndarray) -> str:
     """Lowercase hex MD5 of the downloaded bytes (any buffer; no copy)."""
-    return hashlib.md5(data).hexdigest()
+    return hashlib.md5(_buffer(data)).hexdigest()
 
 
 def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Image:
@@ -49,7 +54,7 @@ def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Imag
     try:
         with warnings.catch_warnings():  # the size is checked below, against our own limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image = Image.open(io.BytesIO(_buffer(data)))
     except Image.DecompressionBombError as exc:
         raise Failure(Reason.DECOMPRESSION_BOMB, str(exc)) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import ray
@@ -66,7 +67,8 @@ def _download(line: str, settings: Settings) -> Downloaded:
         return Downloaded(None, failure)
 
 
-def groups(done: queue.SimpleQueue, total: int, size: int, max_bytes: int = GROUP_BYTES,
+def groups(done: queue.SimpleQueue[tuple[Line, Downloaded]], total: int, size: int,
+           max_bytes: int = GROUP_BYTES,
            wait: float = GROUP_WAIT) -> Iterator[list[tuple[Line, Downloaded]]]:
     """Cut ``total`` finished downloads, as they arrive on ``done``, into groups.
 
@@ -95,9 +97,10 @@ def groups(done: queue.SimpleQueue, total: int, size: int, max_bytes: int = GROU
 # max_retries=0: see the module's docstring (one source of bytes per line).
 # Each group is two objects: its line numbers (for the driver), then its bytes; the
 # generator pauses while the driver has not taken its last groups (backpressure).
-@ray.remote(num_cpus=0, scheduling_strategy="SPREAD", max_retries=0,
-            _generator_backpressure_num_objects=4)
-def download_batch(lines: list[Line], settings: Settings, threads: int) -> Iterator:
+@ray.remote(  # type: ignore[call-overload,untyped-decorator]  # Ray's stubs lack this option
+    num_cpus=0, scheduling_strategy="SPREAD", max_retries=0,
+    _generator_backpressure_num_objects=4)
+def download_batch(lines: list[Line], settings: Settings, threads: int) -> Iterator[object]:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
     # A line is taken only when an earlier one has been handed over: memory stays flat.
     slots = threading.Semaphore(threads)
@@ -135,6 +138,7 @@ def gray_batch(batch: list[Downloaded], settings: Settings) -> list[GrayImage | 
 def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
     if item.failure is not None:
         return item.failure
+    assert item.data is not None  # a download has its bytes or its failure
     try:
         return grayscale_png(item.data, settings.max_pixels, settings.png_level)
     except Failure as failure:
@@ -154,7 +158,7 @@ class _Chunk:
 
 def run_batches(
     lines: Iterable[Line],
-    writer: ActorHandle,
+    writer: ActorHandle[Any],
     run_id: str,
     settings: Settings,
     on_batch: Callable[[Counts], None] = lambda counts: None,
@@ -171,7 +175,7 @@ def run_batches(
 
 
 class _Driver:
-    def __init__(self, writer: ActorHandle, run_id: str, settings: Settings,
+    def __init__(self, writer: ActorHandle[Any], run_id: str, settings: Settings,
                  on_batch: Callable[[Counts], None]) -> None:
         self.writer, self.run_id, self.settings, self.on_batch = writer, run_id, settings, on_batch
         nodes = max(1, sum(1 for node in ray.nodes() if node["Alive"]))
@@ -180,7 +184,7 @@ class _Driver:
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
         self.settings_ref = ray.put(settings)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
-        self.writing: dict[ray.ObjectRef, tuple[list[Line], int]] = {}
+        self.writing: dict[ray.ObjectRef[Counts], tuple[list[Line], int]] = {}
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
         self.total = Counts()
 
@@ -191,8 +195,8 @@ class _Driver:
             while self._room_for_a_download() and (self.again or not exhausted):
                 if self.again:
                     self._download(*self.again.popleft())
-                elif (chunk := next(chunks, None)) is not None:
-                    self._download(chunk, 1)
+                elif (part := next(chunks, None)) is not None:
+                    self._download(part, 1)
                 else:
                     exhausted = True
             if not self.downloading and not self.writing and not self.again:
@@ -242,7 +246,7 @@ class _Driver:
         self.writing[self.writer.write.remote(self.run_id, group, md5s, grays)] = (
             group, chunk.attempt)
 
-    def _written(self, ref: ray.ObjectRef) -> None:
+    def _written(self, ref: ray.ObjectRef[Counts]) -> None:
         group, attempt = self.writing.pop(ref)
         try:
             counts = ray.get(ref)

@@ -7,7 +7,7 @@ import socket
 
 import ray
 from ray._private import ray_constants
-from ray.client_builder import BaseContext
+from ray._private.worker import BaseContext
 
 # A local Ray on a laptop: no token auth (it breaks the dashboard API and the
 # `ray`/`serve` CLIs), no usage stats, and every service bound to 127.0.0.1

@@ -79,7 +79,7 @@ def target_of(url: str) -> Target:
     """The request for a URL that ``check_url`` accepted."""
     parts = urlsplit(url)
     try:
-        host = parts.hostname.encode("idna").decode("ascii")
+        host = (parts.hostname or "").encode("idna").decode("ascii")
     except UnicodeError as exc:
         raise Failure(Reason.INVALID_URL, f"host name is not valid: {exc}") from None
     tls = parts.scheme.lower() == "https"

@@ -124,7 +124,7 @@ class MongoWriter:
     # -- runs ---------------------------------------------------------------------------
 
     def start_run(self, run_id: str, source: str, resume: bool,
-                  fingerprint: dict | None = None, force: bool = False) -> LineSet:
+                  fingerprint: dict[str, Any] | None = None, force: bool = False) -> LineSet:
         """Open (or, with ``resume``, reopen) a run; return the lines that already have an outcome.
 
         A resume refuses an input whose ``fingerprint`` differs from the run's (unless
@@ -157,7 +157,8 @@ class MongoWriter:
     def _settle_run(self, run_id: str) -> LineSet:
         """The run's done lines, after adding its complete tallies that no minute holds."""
         missing: dict[Any, int] = {}  # tally → one of its lines
-        minute, tallies = None, frozenset()
+        minute: datetime | None = None
+        tallies: frozenset[Any] = frozenset()
 
         def numbers() -> Iterable[int]:
             nonlocal minute, tallies
@@ -176,7 +177,7 @@ class MongoWriter:
                 {"run_id": run_id, "line": line}, EVENT_FIELDS))
         return done
 
-    def _events_by_line(self, run_id: str, page: int = 50_000) -> Iterable[dict]:
+    def _events_by_line(self, run_id: str, page: int = 50_000) -> Iterable[dict[str, Any]]:
         """The run's events in line order, a page per query: no cursor lives for minutes."""
         after = 0
         while True:
@@ -189,7 +190,7 @@ class MongoWriter:
                 return
             after = events[-1]["line"]
 
-    def _tallies_of(self, minute: datetime) -> frozenset:
+    def _tallies_of(self, minute: datetime) -> frozenset[Any]:
         doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
         return frozenset((doc or {}).get("tallies", ()))
 
@@ -241,10 +242,11 @@ class MongoWriter:
                      "finished_at": now, "tally": tally, "batch": batch}
             if isinstance(gray, Failure):
                 event |= _error(gray.reason, gray.detail)
-            elif md5 in refused:
+            elif md5 is not None and md5 in refused:
                 event |= _error(STORAGE_ERROR, f"image {md5} not stored: {refused[md5]}") | {
                     "md5": None}
             else:
+                assert md5 is not None  # a grayscale image comes with its md5
                 event |= {"status": "success", "reason": None, "detail": None,
                           "duplicate": firsts[md5] != (run_id, line)}
             events.append(event)
@@ -261,7 +263,7 @@ class MongoWriter:
         self._add(tally, floor_minute(now, self.minute), mine)
         return Counts.of_events(stored)
 
-    def _insert_events(self, events: list[dict]) -> tuple[list[dict], set[int]]:
+    def _insert_events(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[int]]:
         """Insert the events; return (those inserted, line numbers that had one already).
 
         An event the database refuses becomes a bare ``storage_error`` event of its line.
@@ -281,10 +283,10 @@ class MongoWriter:
         mine = [event for at, event in enumerate(events) if at not in skipped]
         return mine, {events[at]["line"] for at in outcome.duplicates}
 
-    def _settle(self, run_id: str, event: dict) -> None:
+    def _settle(self, run_id: str, event: dict[str, Any] | None) -> None:
         """Add the tally of ``event`` (inserted by another attempt) if no minute holds it yet
         and it is complete: every line of its batch has an event, so none can still come."""
-        if not isinstance(event.get("tally"), ObjectId):
+        if event is None or not isinstance(event.get("tally"), ObjectId):
             return  # a writer before this protocol (string tallies) counted its events itself
         minute = floor_minute(event["finished_at"], self.minute)
         if event["tally"] in self._tallies_of(minute):
@@ -296,7 +298,7 @@ class MongoWriter:
             self._add(event["tally"], minute,
                       [other for other in in_batch if other["tally"] == event["tally"]])
 
-    def _add(self, tally: ObjectId, minute: datetime, events: list[dict]) -> None:
+    def _add(self, tally: ObjectId, minute: datetime, events: list[dict[str, Any]]) -> None:
         """Add a tally's events to their minute, unless the minute holds the tally already."""
         if not events:
             return
@@ -327,7 +329,7 @@ class MongoWriter:
         images = self.db[store.IMAGES]
         batch: dict[str, tuple[int, str, GrayImage]] = {}
         for (line, url), md5, gray in items:
-            if isinstance(gray, GrayImage):
+            if isinstance(gray, GrayImage) and md5 is not None:
                 batch.setdefault(md5, (line, url, gray))
         md5s = list(batch)
         outcome = _bulk(images, [
@@ -373,7 +375,7 @@ def _key(reason: str) -> str:
     return reason.replace(".", "_").lstrip("$") or "unknown"
 
 
-def _bulk(collection: Collection, ops: list[InsertOne | UpdateOne]) -> BulkOutcome:
+def _bulk(collection: Collection[Any], ops: list[InsertOne[Any] | UpdateOne]) -> BulkOutcome:
     """An unordered bulk write that reports, instead of raising, what the database refused.
 
     Only MongoDB being unreachable raises. When the whole write is refused (a document
@@ -382,7 +384,8 @@ def _bulk(collection: Collection, ops: list[InsertOne | UpdateOne]) -> BulkOutco
     if not ops:
         return BulkOutcome()
     try:
-        return BulkOutcome(upserted=set(collection.bulk_write(ops, ordered=False).upserted_ids))
+        upserted = collection.bulk_write(ops, ordered=False).upserted_ids or {}
+        return BulkOutcome(upserted=set(upserted))
     except BulkWriteError as exc:
         outcome = BulkOutcome(upserted={doc["index"] for doc in exc.details.get("upserted", [])})
         for error in exc.details["writeErrors"]:
@@ -408,4 +411,5 @@ def _bulk(collection: Collection, ops: list[InsertOne | UpdateOne]) -> BulkOutco
 
 # One writer for the whole job: no CPU reserved (it waits on MongoDB); restarted
 # and its calls replayed if its process dies, which the idempotent writes allow.
-WriterActor = ray.remote(num_cpus=0, max_restarts=10, max_task_retries=10)(MongoWriter)
+# Any: Ray's stubs type an actor's methods without their ``.remote``.
+WriterActor: Any = ray.remote(num_cpus=0, max_restarts=10, max_task_retries=10)(MongoWriter)

@@ -41,34 +41,33 @@ class Reason(str, Enum):
         return f"http_{status}"
 
 
-# What each reason means. The README's Outcomes list and the dashboard show this
-# table (tests keep them equal), and a test checks that every ``Failure(…)`` in the
-# code names a ``Reason``.
+# Every reason a line can fail with, and what it means. The README's Outcomes list
+# mirrors this table (a test keeps them equal), and a test checks that every
+# ``Failure(…)`` in the code names a ``Reason``, whose values are these keys.
 REASONS: dict[str, str] = {
-    Reason.INVALID_URL.value: "the line is not an absolute http(s) URL: empty, not UTF-8, another "
+    "invalid_url": "the line is not an absolute http(s) URL: empty, not UTF-8, another "
     "scheme (`file://` is never opened), user:password inside, longer than 2,048 characters, "
     "or a line over 8 KiB",
-    Reason.BLOCKED_ADDRESS.value: "the host, or a redirect, leads to an address that is not public "
+    "blocked_address": "the host, or a redirect, leads to an address that is not public "
     "(loopback, private, link-local, …); the detail names it and the flag that allows it",
-    Reason.HTTP.value: "the server answered with that status instead of 200 (`http_404`, …)",
-    Reason.TIMEOUT.value: "no connection, no data, or no complete answer within the deadline",
-    Reason.CONNECTION_ERROR.value: "the connection was refused, reset or closed early, or TLS "
-    "failed",
-    Reason.TOO_MANY_REDIRECTS.value: "more redirects than `--max-redirects`",
-    Reason.TOO_LARGE.value: "a body over `--max-bytes` (decompressed size counts)",
-    Reason.DOWNLOAD_ERROR.value: "the server's answer is not valid HTTP (malformed headers, an "
+    "http_<status>": "the server answered with that status instead of 200 (`http_404`, …)",
+    "timeout": "no connection, no data, or no complete answer within the deadline",
+    "connection_error": "the connection was refused, reset or closed early, or TLS failed",
+    "too_many_redirects": "more redirects than `--max-redirects`",
+    "too_large": "a body over `--max-bytes` (decompressed size counts)",
+    "download_error": "the server's answer is not valid HTTP (malformed headers, an "
     "unknown Content-Encoding, a corrupt compressed body)",
-    Reason.NOT_AN_IMAGE.value: "HTML, SVG, truncated or unknown data",
-    Reason.DECOMPRESSION_BOMB.value: "an image over `--max-pixels`",
-    Reason.PROCESSING_ERROR.value: "the decoder failed in an unexpected way",
-    Reason.WORKER_FAILED.value: "a task of the batch failed even after Ray's retries",
-    Reason.STORAGE_ERROR.value: "MongoDB refused the line's documents (too large, invalid); the "
-    "rest of the batch is stored",
+    "not_an_image": "HTML, SVG, truncated or unknown data",
+    "decompression_bomb": "an image over `--max-pixels`",
+    "processing_error": "the decoder failed in an unexpected way",
+    "worker_failed": "a task of the batch failed even after Ray's retries",
+    "storage_error": "MongoDB refused the line's documents (too large, invalid); the rest "
+    "of the batch is stored",
 }
 
 
 class Failure(Exception):
-    """Why one input line failed. ``reason`` is a ``Reason`` value (a plain ``str``),
+    """Why one input line failed. ``reason`` is a stable key from ``REASONS``,
     ``detail`` is for people.
 
     Raised by the pure steps and returned as a value by the Ray tasks, so that one

@@ -53,7 +53,7 @@ RUN site=/opt/itm/lib/python3.11/site-packages \
         "$site/ray/train" "$site/ray/tune" "$site/ray/workflow" \
     && find "$site" -mindepth 2 -maxdepth 4 -type d -name tests -prune -exec rm -rf {} + \
     && python -m pip uninstall --yes --quiet pip setuptools \
-    && python -c "import itm.run, itm.serving, ray.serve.scripts, ray.dashboard.dashboard"
+    && python -c "import itm.run, itm.api.serving, ray.serve.scripts, ray.dashboard.dashboard"
 
 
 FROM python:3.11-slim-bookworm

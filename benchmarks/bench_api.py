@@ -8,9 +8,9 @@ at a time, each in its own process (Serve reads its switches from the
 environment its processes start with):
 
 - ``proxy``: Serve's defaults, the path itm used before (proxy actor -> replica);
-- ``trimmed``: the proxy path with ``itm.serving.SERVE_ENV`` (no thread hops,
+- ``trimmed``: the proxy path with ``itm.api.serving.SERVE_ENV`` (no thread hops,
   buffered request logs);
-- ``direct``: ``itm.serving.serve_env`` with direct ingress, itm's default: the
+- ``direct``: ``itm.api.serving.serve_env`` with direct ingress, itm's default: the
   replica's own uvicorn owns the port;
 - ``throughput`` (only with ``--paths``): ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``,
   Serve's own bundle (direct ingress, gRPC between Serve's actors, GC frozen).
@@ -44,11 +44,11 @@ from pathlib import Path
 import httpx
 import psutil
 
+from itm.api.serving import SERVE_ENV, serve_env
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
-from itm.serving import SERVE_ENV, serve_env
 from itm.store import connect
-from tests.apidata import ApiData, fill
+from tests.support.apidata import ApiData, fill
 
 DB = "bench"
 CLIENTS = (1, 16, 64)
@@ -91,10 +91,16 @@ def endpoints(data: ApiData, scale: float) -> list[Endpoint]:
     small = next(md5 for md5 in data.newest_first if md5 != data.gridfs_md5)
     return [
         Endpoint("null (/openapi.json)", "/openapi.json", int(800 * scale)),
-        Endpoint(f"/image ({len(data.pngs[small]) // 1024} KiB, document)",
-                 f"/image/{small}", int(800 * scale)),
-        Endpoint(f"/image ({len(data.pngs[data.gridfs_md5]) // 1024} KiB, GridFS)",
-                 f"/image/{data.gridfs_md5}", int(300 * scale)),
+        Endpoint(
+            f"/image ({len(data.pngs[small]) // 1024} KiB, document)",
+            f"/image/{small}",
+            int(800 * scale),
+        ),
+        Endpoint(
+            f"/image ({len(data.pngs[data.gridfs_md5]) // 1024} KiB, GridFS)",
+            f"/image/{data.gridfs_md5}",
+            int(300 * scale),
+        ),
         Endpoint("/monitoring?format=json", "/monitoring?format=json", int(600 * scale)),
         Endpoint("/ (dashboard)", "/", int(400 * scale)),
     ]
@@ -149,8 +155,11 @@ def load(
 def cpu_seconds(root: psutil.Process, port: int) -> tuple[float, float]:
     """CPU seconds so far of the process listening on ``port``, and of the rest of the tree
     under ``root`` (the server's own process included)."""
-    owner = next(c.pid for c in psutil.net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port)
+    owner = next(
+        c.pid
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    )
     server = rest = 0.0
     for process in [root, *root.children(recursive=True)]:
         try:
@@ -177,13 +186,25 @@ def measure(server: str, base: str, root: psutil.Process, targets: list[Endpoint
                 for before, after in zip(cpu_before, cpu_after, strict=True)
             )
             cuts = statistics.quantiles(latencies, n=100, method="inclusive")
-            result = Result(server, endpoint.name, clients, len(latencies), wall,
-                            cuts[49] * 1e3, cuts[98] * 1e3, statistics.median(app_times) * 1e3,
-                            server_cpu, rest_cpu)
-            print(f"  {server:10} {endpoint.name:26} {clients:>2} clients  "
-                  f"{result.per_second:7.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                  f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:6.2f} ms  "
-                  f"CPU/request {server_cpu:5.2f} + {rest_cpu:5.2f} ms", flush=True)
+            result = Result(
+                server,
+                endpoint.name,
+                clients,
+                len(latencies),
+                wall,
+                cuts[49] * 1e3,
+                cuts[98] * 1e3,
+                statistics.median(app_times) * 1e3,
+                server_cpu,
+                rest_cpu,
+            )
+            print(
+                f"  {server:10} {endpoint.name:26} {clients:>2} clients  "
+                f"{result.per_second:7.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                f"p99 {result.p99_ms:7.2f} ms  app p50 {result.app_p50_ms:6.2f} ms  "
+                f"CPU/request {server_cpu:5.2f} + {rest_cpu:5.2f} ms",
+                flush=True,
+            )
             results.append(result)
     return results
 
@@ -221,8 +242,19 @@ def server_process(server: str, uri: str) -> Iterator[tuple[str, psutil.Process,
     port = free_port()
     env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": DB, "PYTHONPATH": os.getcwd()}
     if server == "uvicorn":
-        command = [sys.executable, "-m", "uvicorn", "--factory", "itm.api:create_app",
-                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "itm.api:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ]
     else:
         env.update(path_env(server, port))
         command = [sys.executable, "-m", "benchmarks.bench_api", "--host-on", str(port)]
@@ -248,8 +280,8 @@ def host(port: int) -> None:
     import ray
     from ray import serve
 
-    from itm.ray_runtime import init_ray
-    from itm.serving import serve_api
+    from itm.api.serving import serve_api
+    from itm.job.ray_runtime import init_ray
 
     settings = Settings.from_env()
     settings = Settings(mongo_uri=settings.mongo_uri, db=settings.db, port=port)
@@ -273,33 +305,45 @@ def report(results: list[Result], servers: list[str]) -> None:
         if result.server == "uvicorn":
             continue
         base = by_key[("uvicorn", result.endpoint, result.clients)]
-        print(f"  {result.server:10} {result.endpoint:26} {result.clients:>2} clients  "
-              f"req/s x{result.per_second / base.per_second:5.2f}  "
-              f"p50 {result.p50_ms - base.p50_ms:+7.2f} ms "
-              f"(app {result.app_p50_ms - base.app_p50_ms:+6.2f}, "
-              f"path {result.path_ms - base.path_ms:+6.2f})  "
-              f"CPU/request {result.server_cpu_ms:5.2f} + {result.rest_cpu_ms:5.2f} ms "
-              f"(uvicorn {base.server_cpu_ms:5.2f})")
+        print(
+            f"  {result.server:10} {result.endpoint:26} {result.clients:>2} clients  "
+            f"req/s x{result.per_second / base.per_second:5.2f}  "
+            f"p50 {result.p50_ms - base.p50_ms:+7.2f} ms "
+            f"(app {result.app_p50_ms - base.app_p50_ms:+6.2f}, "
+            f"path {result.path_ms - base.path_ms:+6.2f})  "
+            f"CPU/request {result.server_cpu_ms:5.2f} + {result.rest_cpu_ms:5.2f} ms "
+            f"(uvicorn {base.server_cpu_ms:5.2f})"
+        )
     if CHOSEN not in servers:
         return
     print(f"\nTargets of the chosen path ({CHOSEN}):")
     small = next(r.endpoint for r in results if r.endpoint.endswith("document)"))
     chosen, base = by_key[(CHOSEN, small, 1)], by_key[("uvicorn", small, 1)]
-    print(f"  /image small, 1 client: p50 uvicorn + {chosen.p50_ms - base.p50_ms:.2f} ms "
-          f"(target <= 1.5 ms)")
+    print(
+        f"  /image small, 1 client: p50 uvicorn + {chosen.p50_ms - base.p50_ms:.2f} ms "
+        f"(target <= 1.5 ms)"
+    )
     for result in results:
         if result.server == CHOSEN and result.clients == 16:
             base = by_key[("uvicorn", result.endpoint, 16)]
-            print(f"  {result.endpoint:26} 16 clients: req/s "
-                  f"x{result.per_second / base.per_second:.2f} uvicorn (target >= 0.7)")
+            print(
+                f"  {result.endpoint:26} 16 clients: req/s "
+                f"x{result.per_second / base.per_second:.2f} uvicorn (target >= 0.7)"
+            )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", type=float, default=1.0,
-                        help="multiply every request count (default 1.0)")
-    parser.add_argument("--paths", nargs="+", choices=ALL_PATHS, default=list(PATHS),
-                        help=f"Serve request paths to measure (default: {' '.join(PATHS)})")
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every request count (default 1.0)"
+    )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        choices=ALL_PATHS,
+        default=list(PATHS),
+        help=f"Serve request paths to measure (default: {' '.join(PATHS)})",
+    )
     parser.add_argument("--host-on", type=int, help=argparse.SUPPRESS)  # a Serve host process
     args = parser.parse_args(argv)
     if args.host_on:
@@ -312,8 +356,11 @@ def main(argv: list[str] | None = None) -> None:
         data = fill(client[DB])
         client.close()
         targets = endpoints(data, args.scale)
-        print(f"{os.cpu_count()} CPUs; SecantusDB at {uri}; requests per row: "
-              + ", ".join(f"{e.name}: {e.requests}" for e in targets), flush=True)
+        print(
+            f"{os.cpu_count()} CPUs; SecantusDB at {uri}; requests per row: "
+            + ", ".join(f"{e.name}: {e.requests}" for e in targets),
+            flush=True,
+        )
         results: list[Result] = []
         for server in servers:
             with server_process(server, uri) as (base, root, stopped):
@@ -321,8 +368,10 @@ def main(argv: list[str] | None = None) -> None:
                 results += measure(server, base, root, targets)
             stop_times[server] = stopped[0]
     report(results, servers)
-    print("\nSeconds from SIGTERM to exit: "
-          + ", ".join(f"{server} {seconds:.1f}" for server, seconds in stop_times.items()))
+    print(
+        "\nSeconds from SIGTERM to exit: "
+        + ", ".join(f"{server} {seconds:.1f}" for server, seconds in stop_times.items())
+    )
 
 
 if __name__ == "__main__":

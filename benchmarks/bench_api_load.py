@@ -111,24 +111,34 @@ def report(title: str, outcomes: list[Outcome], wall: float) -> None:
     bad = sum(n for status, n in statuses.items() if status >= 500 and status != 503)
     accepted = [o.seconds for o in outcomes if o.status != 503]
     ok_cuts = statistics.quantiles(accepted, n=100, method="inclusive") if accepted else cuts
-    print(f"\n{title}: {len(outcomes)} requests from {CLIENTS} clients in {wall:.1f} s "
-          f"({len(outcomes) / wall:.0f} req/s, {len(accepted) / wall:.0f} accepted/s)")
-    print(f"  statuses {dict(sorted(statuses.items()))}; p50 {cuts[49] * 1e3:.0f} ms, "
-          f"p99 {cuts[98] * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms; "
-          f"accepted (not 503) p50 {ok_cuts[49] * 1e3:.0f} ms, p99 {ok_cuts[98] * 1e3:.0f} ms; "
-          f"503 rate {len(unavailable) / len(outcomes):.1%}")
+    print(
+        f"\n{title}: {len(outcomes)} requests from {CLIENTS} clients in {wall:.1f} s "
+        f"({len(outcomes) / wall:.0f} req/s, {len(accepted) / wall:.0f} accepted/s)"
+    )
+    print(
+        f"  statuses {dict(sorted(statuses.items()))}; p50 {cuts[49] * 1e3:.0f} ms, "
+        f"p99 {cuts[98] * 1e3:.0f} ms, max {latencies[-1] * 1e3:.0f} ms; "
+        f"accepted (not 503) p50 {ok_cuts[49] * 1e3:.0f} ms, p99 {ok_cuts[98] * 1e3:.0f} ms; "
+        f"503 rate {len(unavailable) / len(outcomes):.1%}"
+    )
     if unavailable:
-        print(f"  503: {len(unavailable)}, slowest {max(unavailable) * 1e3:.0f} ms, "
-              f"p50 {statistics.median(unavailable) * 1e3:.0f} ms, "
-              f"{sum(s < 0.1 for s in unavailable)} under 100 ms")
-    print(f"  5xx other than 503: {bad}; hung (no answer in {HUNG_S:.0f} s): {statuses[0]}; "
-          f"connection refused/reset: {statuses[-1]}")
+        print(
+            f"  503: {len(unavailable)}, slowest {max(unavailable) * 1e3:.0f} ms, "
+            f"p50 {statistics.median(unavailable) * 1e3:.0f} ms, "
+            f"{sum(s < 0.1 for s in unavailable)} under 100 ms"
+        )
+    print(
+        f"  5xx other than 503: {bad}; hung (no answer in {HUNG_S:.0f} s): {statuses[0]}; "
+        f"connection refused/reset: {statuses[-1]}"
+    )
     for route in sorted({o.route for o in outcomes}):
         mine = sorted(o.seconds for o in outcomes if o.route == route)
         ok = sum(o.status == 200 for o in outcomes if o.route == route)
-        print(f"    {route:17} {len(mine):5} requests, {ok:5} ok, "
-              f"p50 {statistics.median(mine) * 1e3:6.0f} ms, "
-              f"p99 {mine[min(len(mine) - 1, int(len(mine) * 0.99))] * 1e3:6.0f} ms")
+        print(
+            f"    {route:17} {len(mine):5} requests, {ok:5} ok, "
+            f"p50 {statistics.median(mine) * 1e3:6.0f} ms, "
+            f"p99 {mine[min(len(mine) - 1, int(len(mine) * 0.99))] * 1e3:6.0f} ms"
+        )
 
 
 @contextmanager
@@ -138,14 +148,35 @@ def itm_api(uri: str, tmp: Path, ongoing: int, queued: int) -> Iterator[str]:
     urls = tmp / "urls.txt"
     urls.write_text("not a url\n")
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "ITM_ALLOW_PRIVATE_ADDRESSES": "1",
-           "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-           "ITM_API_MAX_ONGOING": str(ongoing), "ITM_API_MAX_QUEUED": str(queued)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.getcwd(),
+        "ITM_ALLOW_PRIVATE_ADDRESSES": "1",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "ITM_API_MAX_ONGOING": str(ongoing),
+        "ITM_API_MAX_QUEUED": str(queued),
+    }
     itm = subprocess.Popen(
-        [sys.executable, "-m", "itm.run", "--urls", str(urls), "--mongo-uri", uri, "--db", DB,
-         "--port", str(port), "--no-dashboard"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "itm.run",
+            "--urls",
+            str(urls),
+            "--mongo-uri",
+            uri,
+            "--db",
+            DB,
+            "--port",
+            str(port),
+            "--no-dashboard",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
     )
     try:
@@ -169,9 +200,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument(
-        "--bounds", type=bounds, nargs="+", default=[(32, 64)], metavar="ONGOING:QUEUED",
+        "--bounds",
+        type=bounds,
+        nargs="+",
+        default=[(32, 64)],
+        metavar="ONGOING:QUEUED",
         help="the replica's max_ongoing_requests:max_queued_requests to load, each in its own "
-        "itm.run; the outage runs against the first (default 32:64)")
+        "itm.run; the outage runs against the first (default 32:64)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         mongo = EmbeddedMongo(Path(tmp))
@@ -181,14 +217,16 @@ def main(argv: list[str] | None = None) -> None:
             client.close()
             for index, (ongoing, queued) in enumerate(args.bounds):
                 with itm_api(uri, Path(tmp), ongoing, queued) as base:
-                    print(f"itm's API at {base}, max_ongoing_requests {ongoing}, "
-                          f"max_queued_requests {queued}; load average "
-                          f"{os.getloadavg()[0]:.1f}", flush=True)
+                    print(
+                        f"itm's API at {base}, max_ongoing_requests {ongoing}, "
+                        f"max_queued_requests {queued}; load average "
+                        f"{os.getloadavg()[0]:.1f}",
+                        flush=True,
+                    )
                     load(base, paths(md5s, 200, seed=0))  # warm up: connections, code paths
                     started = time.perf_counter()
                     outcomes = load(base, paths(md5s, args.requests))
-                    report(f"steady, {ongoing}:{queued}", outcomes,
-                           time.perf_counter() - started)
+                    report(f"steady, {ongoing}:{queued}", outcomes, time.perf_counter() - started)
                     if index == 0:
                         outage(base, mongo, md5s, args.requests)
 

@@ -32,7 +32,7 @@ from pymongo.database import Database
 from benchmarks.bench_api import wait_until_up
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS, connect, ensure_indexes
-from tests.apidata import png_bytes
+from tests.support.apidata import png_bytes
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
 REASONS = ("http_404", "http_400", "timeout", "not_an_image")
@@ -51,13 +51,22 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
     png = Binary(png_bytes(Image.new("L", (8, 8), 128)))
     md5s = [hashlib.md5(str(i).encode()).hexdigest() for i in range(images)]
     for first in range(0, images, BATCH):
-        db[IMAGES].insert_many([
-            {"md5": md5s[i], "width": 8, "height": 8, "mode": "L", "gray": png,
-             "source_url": f"https://example.test/{i}",
-             "inserted_at": START + timedelta(minutes=minutes) * i / images,
-             "run_id": "bench", "line": i + 1}
-            for i in range(first, min(first + BATCH, images))
-        ])
+        db[IMAGES].insert_many(
+            [
+                {
+                    "md5": md5s[i],
+                    "width": 8,
+                    "height": 8,
+                    "mode": "L",
+                    "gray": png,
+                    "source_url": f"https://example.test/{i}",
+                    "inserted_at": START + timedelta(minutes=minutes) * i / images,
+                    "run_id": "bench",
+                    "line": i + 1,
+                }
+                for i in range(first, min(first + BATCH, images))
+            ]
+        )
     counters: dict[int, dict] = {}
     for first in range(0, events, BATCH):
         batch = []
@@ -66,27 +75,45 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
             error = i % 10 == 9
             reason = REASONS[i // 10 % len(REASONS)] if error else None
             tally = counters.setdefault(
-                minute, {"success": 0, "error": 0, "images": 0, "reasons": {}})
+                minute, {"success": 0, "error": 0, "images": 0, "reasons": {}}
+            )
             if error:
                 tally["error"] += 1
                 tally["reasons"][reason] = tally["reasons"].get(reason, 0) + 1
             else:
                 tally["success"] += 1
-            batch.append({
-                "run_id": "bench", "line": i + 1, "url": f"https://example.test/{i}",
-                "status": "error" if error else "success", "reason": reason, "detail": "",
-                "md5": None if error else md5s[i % images], "duplicate": i >= images,
-                "finished_at": START + timedelta(minutes=minute), "counted": True,
-            })
+            batch.append(
+                {
+                    "run_id": "bench",
+                    "line": i + 1,
+                    "url": f"https://example.test/{i}",
+                    "status": "error" if error else "success",
+                    "reason": reason,
+                    "detail": "",
+                    "md5": None if error else md5s[i % images],
+                    "duplicate": i >= images,
+                    "finished_at": START + timedelta(minutes=minute),
+                    "counted": True,
+                }
+            )
         db[EVENTS].insert_many(batch)
     for i in range(images):  # as the writer counts them: in the minute each was stored
         counters[i * minutes // images]["images"] += 1
-    db[MONITORING].insert_many([
-        {"minute": START + timedelta(minutes=minute), **tally}
-        for minute, tally in sorted(counters.items())
-    ])
-    db[RUNS].insert_one({"_id": "bench", "input": "urls.txt", "started_at": START,
-                         "finished_at": START + timedelta(minutes=minutes), "totals": {}})
+    db[MONITORING].insert_many(
+        [
+            {"minute": START + timedelta(minutes=minute), **tally}
+            for minute, tally in sorted(counters.items())
+        ]
+    )
+    db[RUNS].insert_one(
+        {
+            "_id": "bench",
+            "input": "urls.txt",
+            "started_at": START,
+            "finished_at": START + timedelta(minutes=minutes),
+            "totals": {},
+        }
+    )
     return md5s
 
 
@@ -95,8 +122,21 @@ def uvicorn_on(uri: str, db: str) -> Iterator[str]:
     port = free_port()
     env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": db, "PYTHONPATH": os.getcwd()}
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "itm.api:create_app",
-         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"], env=env)
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "itm.api:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         wait_until_up(base)
@@ -121,10 +161,14 @@ def p50_ms(base: str, path: str, requests: int) -> float:
 def events_scan_ms(db: Database) -> float:
     """What ``GET /`` used to run for errors by reason: a scan of every event."""
     started = time.perf_counter()
-    list(db[EVENTS].aggregate([
-        {"$match": {"status": "error"}},
-        {"$group": {"_id": "$reason", "count": {"$sum": 1}}},
-    ]))
+    list(
+        db[EVENTS].aggregate(
+            [
+                {"$match": {"status": "error"}},
+                {"$group": {"_id": "$reason", "count": {"$sum": 1}}},
+            ]
+        )
+    )
     return (time.perf_counter() - started) * 1000
 
 
@@ -137,8 +181,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, (events, images) in SIZES.items():
             started = time.perf_counter()
             generate(client[name], events, images)
-            print(f"{name}: {events:,} events, {images:,} images generated in "
-                  f"{time.perf_counter() - started:.0f} s", flush=True)
+            print(
+                f"{name}: {events:,} events, {images:,} images generated in "
+                f"{time.perf_counter() - started:.0f} s",
+                flush=True,
+            )
         scans = {name: events_scan_ms(client[name]) for name in SIZES}
         client.close()
         p50s: dict[tuple[str, str], float] = {}
@@ -149,10 +196,14 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  {name:5} {route:26} p50 {p50s[(name, route)]:7.2f} ms", flush=True)
     print("\nlarge / small p50 (target < 2):")
     for route in ROUTES:
-        print(f"  {route:26} {p50s[('small', route)]:7.2f} ms -> {p50s[('large', route)]:7.2f} ms"
-              f"  x{p50s[('large', route)] / p50s[('small', route)]:.2f}")
-    print(f"  (the old dashboard's events scan: {scans['small']:.1f} ms -> "
-          f"{scans['large']:.1f} ms, x{scans['large'] / scans['small']:.0f})")
+        print(
+            f"  {route:26} {p50s[('small', route)]:7.2f} ms -> {p50s[('large', route)]:7.2f} ms"
+            f"  x{p50s[('large', route)] / p50s[('small', route)]:.2f}"
+        )
+    print(
+        f"  (the old dashboard's events scan: {scans['small']:.1f} ms -> "
+        f"{scans['large']:.1f} ms, x{scans['large'] / scans['small']:.0f})"
+    )
 
 
 if __name__ == "__main__":

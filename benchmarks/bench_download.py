@@ -1,7 +1,7 @@
 """Per-URL cost of itm's downloader against the requests session it replaced, on loopback.
 
 Both fetch the canonical input's lines (a 302, then a JPEG; some 404 and 400) from a
-local picsum-like server of real photographs (`tests/photo_server.py`, JPEG q85 at
+local picsum-like server of real photographs (`tests/support/photo_server.py`, JPEG q85 at
 the requested size) in its own process, with keep-alive connections: one thread
 (the pure per-URL cost) and 16 threads (one download batch). Rounds alternate the
 two, so that the machine's noise hits both alike; the medians are compared.
@@ -24,10 +24,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from itm.config import Settings
-from itm.download import fetch
-from itm.errors import Failure
-from tests.photo_server import PhotoServer
-from tests.servers import picsum_lines
+from itm.job.download import fetch
+from itm.outcomes import Failure
+from tests.support.photo_server import PhotoServer
+from tests.support.servers import picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 # The server is on loopback: opted in to private addresses, explicitly.
@@ -60,6 +60,7 @@ def with_requests(session: requests.Session) -> Callable[[str], bytes | None]:
             while chunk := response.raw.read1(65536, decode_content=True):
                 body += chunk
             return bytes(body)
+
     return get
 
 
@@ -93,8 +94,10 @@ def main() -> None:
     try:
         for threads in (1, 16):
             timed(old, urls, threads), timed(with_itm, urls, threads)  # warm both pools
-            pairs = [(timed(old, urls, threads), timed(with_itm, urls, threads))
-                     for _ in range(args.rounds)]
+            pairs = [
+                (timed(old, urls, threads), timed(with_itm, urls, threads))
+                for _ in range(args.rounds)
+            ]
             before = statistics.median(pair[0] for pair in pairs)
             after = statistics.median(pair[1] for pair in pairs)
             print(f"{threads:7d} {before * 1e6:9.0f} {after * 1e6:9.0f} {after / before:14.2f}")

@@ -24,11 +24,12 @@ from ray._private.internal_api import memory_summary
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
-from itm.lines import read_lines
-from itm.pipeline import run_batches
-from itm.ray_runtime import init_ray
-from itm.writer import Counts, WriterActor
-from tests.servers import PicsumServer, picsum_lines
+from itm.job.lines import read_lines
+from itm.job.pipeline import run_batches
+from itm.job.ray_runtime import init_ray
+from itm.job.writer import WriterActor
+from itm.outcomes import Counts
+from tests.support.servers import PicsumServer, picsum_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -89,9 +90,11 @@ def main() -> None:
         peak_rss = max(rss for _, rss, _ in samples)
         peak_store = max(store for _, _, store in samples)
         first_tenth = [rss for done, rss, _ in samples if done <= args.lines // 10]
-        print(f"peak: driver RSS {peak_rss:.1f} MiB (first tenth of the run: "
-              f"{max(first_tenth):.1f} MiB), object store {peak_store:.1f} MiB; "
-              f"peak/first-tenth RSS ratio {peak_rss / max(first_tenth):.2f}")
+        print(
+            f"peak: driver RSS {peak_rss:.1f} MiB (first tenth of the run: "
+            f"{max(first_tenth):.1f} MiB), object store {peak_store:.1f} MiB; "
+            f"peak/first-tenth RSS ratio {peak_rss / max(first_tenth):.2f}"
+        )
     server.terminate()
 
 

@@ -2,7 +2,7 @@
 
     flock /tmp/itm-bench.lock python -m benchmarks.bench_pipeline [--only 0ms 100ms 10k drip]
 
-A picsum-like server of real photographs (``tests/photo_server.py``, its own
+A picsum-like server of real photographs (``tests/support/photo_server.py``, its own
 process, photos encoded before any pipeline runs) serves the canonical input
 (``urls.txt``: 650 lines, 550 images, 100 errors). Each pipeline runs as its own
 process on a fresh database of one SecantusDB, and is measured from outside:
@@ -50,13 +50,12 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.database import Database
 
 from itm.config import Settings
-from itm.download import fetch
 from itm.embedded import EmbeddedMongo
-from itm.errors import Failure
-from itm.histogram import floor_minute
-from itm.imaging import grayscale_png, md5_hex
-from itm.ray_runtime import LOCAL_ENV
-from itm.store import connect, ensure_indexes
+from itm.job.download import fetch
+from itm.job.imaging import grayscale_png, md5_hex
+from itm.job.ray_runtime import LOCAL_ENV
+from itm.outcomes import Failure
+from itm.store import connect, ensure_indexes, floor_minute
 
 ROOT = Path(__file__).resolve().parent.parent
 LINES = (ROOT / "urls.txt").read_text().splitlines()
@@ -71,9 +70,9 @@ ITM_ENV = {"ITM_PER_HOST": "0"}
 
 # -- the two baselines, each run as `python -m benchmarks.bench_pipeline --pipeline NAME` --------
 
+
 def _event(line: int, url: str, outcome: str | Failure) -> dict:
-    event = {"run_id": "bench", "line": line, "url": url,
-             "finished_at": datetime.now(timezone.utc)}
+    event = {"run_id": "bench", "line": line, "url": url, "finished_at": datetime.now(timezone.utc)}
     if isinstance(outcome, Failure):
         return event | {"status": "error", "reason": outcome.reason, "detail": outcome.detail}
     return event | {"status": "success", "md5": outcome}
@@ -81,10 +80,25 @@ def _event(line: int, url: str, outcome: str | Failure) -> dict:
 
 def _write(db: Database, rows: list[tuple[int, str, str | Failure, object]]) -> None:
     """One bulk upsert of the images, one bulk insert of the events, one $inc per minute."""
-    images = [UpdateOne({"md5": md5}, {"$setOnInsert": {
-        "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
-        "gray": Binary(gray.png), "source_url": url, "inserted_at": datetime.now(timezone.utc),
-    }}, upsert=True) for _, url, md5, gray in rows if gray is not None]
+    images = [
+        UpdateOne(
+            {"md5": md5},
+            {
+                "$setOnInsert": {
+                    "md5": md5,
+                    "width": gray.width,
+                    "height": gray.height,
+                    "mode": gray.mode,
+                    "gray": Binary(gray.png),
+                    "source_url": url,
+                    "inserted_at": datetime.now(timezone.utc),
+                }
+            },
+            upsert=True,
+        )
+        for _, url, md5, gray in rows
+        if gray is not None
+    ]
     if images:
         db.images.bulk_write(images, ordered=False)
     events = [_event(line, url, md5) for line, url, md5, _ in rows]
@@ -124,8 +138,10 @@ def pools(urls: list[str], db: Database, settings: Settings) -> None:
     """Downloads in 64 threads, pure steps in one process per core, writes of 64 lines."""
     rows: list = []
     with ThreadPoolExecutor(settings.concurrency) as threads, ProcessPoolExecutor(CPUS) as procs:
-        pending = {threads.submit(_download, url, settings): (n, url)
-                   for n, url in enumerate(urls, start=1)}
+        pending = {
+            threads.submit(_download, url, settings): (n, url)
+            for n, url in enumerate(urls, start=1)
+        }
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -153,6 +169,7 @@ def run_baseline(name: str, urls: Path, mongo_uri: str, db_name: str) -> None:
 
 
 # -- measuring a process tree from outside ----------------------------------------------------
+
 
 def _is_ray_worker(cmdline: list[str]) -> bool:
     """A Ray worker process: ``default_worker.py`` until it renames itself ``ray::<task>``
@@ -194,10 +211,21 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
     result = Measure()
     started = time.perf_counter()
     errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read after the process ends)
-    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=errors, text=True, start_new_session=True)
-    reader = threading.Thread(target=lambda: result.stdout.extend(
-        (time.perf_counter() - started, line.rstrip()) for line in proc.stdout), daemon=True)
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=errors,
+        text=True,
+        start_new_session=True,
+    )
+    reader = threading.Thread(
+        target=lambda: result.stdout.extend(
+            (time.perf_counter() - started, line.rstrip()) for line in proc.stdout
+        ),
+        daemon=True,
+    )
     reader.start()
     seen: dict[int, tuple[str, float]] = {}
     workers: set[int] = set()
@@ -226,19 +254,32 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
     result.workers = len(workers)
     if proc.returncode:
         errors.seek(0)
-        raise RuntimeError(f"{command[2:4]} exited with {proc.returncode}: "
-                           f"{errors.read()[-2000:]}")
+        raise RuntimeError(f"{command[2:4]} exited with {proc.returncode}: {errors.read()[-2000:]}")
     return result
 
 
 # -- the scenarios ---------------------------------------------------------------------------
 
+
 @contextmanager
 def photo_server(latency: float, prewarm: Path, drip_seconds: float = 60.0) -> Iterator[str]:
     server = subprocess.Popen(
-        [sys.executable, "-m", "tests.photo_server", "--latency", str(latency),
-         "--prewarm", str(prewarm), "--drip-seconds", str(drip_seconds)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "tests.support.photo_server",
+            "--latency",
+            str(latency),
+            "--prewarm",
+            str(prewarm),
+            "--drip-seconds",
+            str(drip_seconds),
+        ],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield server.stdout.readline().strip()
     finally:
@@ -262,13 +303,20 @@ sys.exit(itm.run.main(sys.argv[1:]))
 """
 # The phases of an itm run, in order: each ends at the stdout line starting with its
 # text ("services": Ray and MongoDB both ready; "first": the first stored line).
-MARKS = {"imports": ("bench: itm imported",), "ray": ("bench: ray.init returned",),
-         "services": ("bench: ray.init returned", "itm: embedded MongoDB at"),
-         "writer": ("itm: run ",), "summary": ("run ",)}
+MARKS = {
+    "imports": ("bench: itm imported",),
+    "ray": ("bench: ray.init returned",),
+    "services": ("bench: ray.init returned", "itm: embedded MongoDB at"),
+    "writer": ("itm: run ",),
+    "summary": ("run ",),
+}
 SEGMENTS = (  # (label, phase it starts after, phase it ends with)
-    ("imports", None, "imports"), ("Ray + MongoDB", "imports", "services"),
-    ("writer", "services", "writer"), ("first line", "writer", "first"),
-    ("rest of job", "first", "summary"), ("stop", "summary", "exit"),
+    ("imports", None, "imports"),
+    ("Ray + MongoDB", "imports", "services"),
+    ("writer", "services", "writer"),
+    ("first line", "writer", "first"),
+    ("rest of job", "first", "summary"),
+    ("stop", "summary", "exit"),
 )
 
 
@@ -282,12 +330,15 @@ class Result:
     first_result: float  # seconds from the process start to the first stored line
 
     def row(self) -> str:
-        cpu = " ".join(f"{kind} {seconds:.1f}"
-                       for kind, seconds in sorted(self.measure.cpu.items()))
+        cpu = " ".join(
+            f"{kind} {seconds:.1f}" for kind, seconds in sorted(self.measure.cpu.items())
+        )
         job = f"{self.job:6.1f}" if self.job is not None else "     -"
-        return (f"  {self.name:10s} wall {self.measure.wall:6.1f} s  job {job} s  first "
-                f"{self.first_result:5.1f} s  steady {self.steady:6.0f} lines/s  CPU "
-                f"{self.measure.cpu_total:5.1f} s ({cpu})  Ray workers {self.measure.workers}")
+        return (
+            f"  {self.name:10s} wall {self.measure.wall:6.1f} s  job {job} s  first "
+            f"{self.first_result:5.1f} s  steady {self.steady:6.0f} lines/s  CPU "
+            f"{self.measure.cpu_total:5.1f} s ({cpu})  Ray workers {self.measure.workers}"
+        )
 
     def phases(self) -> dict[str, float]:
         """When each phase of an itm run ended, in seconds from the process start."""
@@ -299,12 +350,14 @@ class Result:
 
     def segments(self) -> dict[str, float]:
         ends = self.phases()
-        return {label: ends[end] - (ends[start] if start else 0.0)
-                for label, start, end in SEGMENTS}
+        return {
+            label: ends[end] - (ends[start] if start else 0.0) for label, start, end in SEGMENTS
+        }
 
     def phase_row(self) -> str:
         return "              phases (s): " + ", ".join(
-            f"{label} {seconds:.1f}" for label, seconds in self.segments().items())
+            f"{label} {seconds:.1f}" for label, seconds in self.segments().items()
+        )
 
 
 def _finished(db: Database) -> list[datetime]:
@@ -317,9 +370,15 @@ def steady_rate(times: list[datetime]) -> float:
     return (len(times) * 8 // 10) / seconds if seconds > 0 else float("inf")
 
 
-def run(name: str, urls: Path, uri: str | None, db: Database | str,
-        extra: tuple[str, ...] = (), itm_root: Path = ROOT, data_dir: Path | None = None
-        ) -> Result:
+def run(
+    name: str,
+    urls: Path,
+    uri: str | None,
+    db: Database | str,
+    extra: tuple[str, ...] = (),
+    itm_root: Path = ROOT,
+    data_dir: Path | None = None,
+) -> Result:
     """One pipeline as its own process, on a fresh database ``db`` of the server at
     ``uri``; itm alone may instead run on the embedded server of ``data_dir``
     (``uri`` None, ``db`` a name), which the benchmark then opens to read the events."""
@@ -331,11 +390,32 @@ def run(name: str, urls: Path, uri: str | None, db: Database | str,
         env["PYTHONPATH"] = str(itm_root)
         env |= ITM_ENV
         where = ("--mongo-uri", uri) if uri else ("--data-dir", str(data_dir))
-        command = [sys.executable, "-c", ITM_COMMAND, "--no-serve", "--urls", str(urls),
-                   *where, "--db", db_name, *extra]
+        command = [
+            sys.executable,
+            "-c",
+            ITM_COMMAND,
+            "--no-serve",
+            "--urls",
+            str(urls),
+            *where,
+            "--db",
+            db_name,
+            *extra,
+        ]
     else:
-        command = [sys.executable, "-m", "benchmarks.bench_pipeline", "--pipeline", name,
-                   "--urls", str(urls), "--mongo-uri", uri, "--db", db_name]
+        command = [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_pipeline",
+            "--pipeline",
+            name,
+            "--urls",
+            str(urls),
+            "--mongo-uri",
+            uri,
+            "--db",
+            db_name,
+        ]
     started = datetime.now(timezone.utc)
     # Python puts the working directory first on sys.path: itm runs from its own checkout.
     measured = measure(command, env, itm_root if name == "itm" else ROOT)
@@ -361,14 +441,22 @@ def served_input(lines: list[str], latency: float, tmp: Path) -> Iterator[Path]:
     prewarm.write_text("\n".join(lines) + "\n")
     with photo_server(latency, prewarm) as base:
         urls = tmp / "urls.txt"
-        urls.write_text("\n".join(line.replace("https://picsum.photos", base)
-                                  for line in lines) + "\n")
+        urls.write_text(
+            "\n".join(line.replace("https://picsum.photos", base) for line in lines) + "\n"
+        )
         yield urls
 
 
-def scenario(title: str, lines: list[str], latency: float, uri: str, tmp: Path,
-             names: tuple[str, ...], extra: tuple[str, ...] = (),
-             itm_root: Path = ROOT) -> dict[str, Result]:
+def scenario(
+    title: str,
+    lines: list[str],
+    latency: float,
+    uri: str,
+    tmp: Path,
+    names: tuple[str, ...],
+    extra: tuple[str, ...] = (),
+    itm_root: Path = ROOT,
+) -> dict[str, Result]:
     results = {}
     print(f"\n{title}: {len(lines)} lines, {latency * 1000:.0f} ms per response", flush=True)
     with served_input(lines, latency, tmp) as urls:
@@ -386,53 +474,87 @@ def startup(tmp: Path, rounds: int, itm_root: Path) -> None:
     phase by phase: this checkout against ``itm_root`` if another, alternately."""
     sides = {"before": itm_root, "after": ROOT} if itm_root.resolve() != ROOT else {"itm": ROOT}
     results: dict[str, list[Result]] = {side: [] for side in sides}
-    print(f"\nstart and stop: {len(LINES)} lines, 0 ms, embedded MongoDB, {rounds} rounds",
-          flush=True)
+    print(
+        f"\nstart and stop: {len(LINES)} lines, 0 ms, embedded MongoDB, {rounds} rounds", flush=True
+    )
     with served_input(LINES, 0.0, tmp) as urls:
         for round_ in range(rounds):
             for side, root in sides.items():
-                result = run("itm", urls, None, f"startup_{round_}", itm_root=root,
-                             data_dir=tmp / f"data-{side}")
+                result = run(
+                    "itm",
+                    urls,
+                    None,
+                    f"startup_{round_}",
+                    itm_root=root,
+                    data_dir=tmp / f"data-{side}",
+                )
                 results[side].append(result)
                 print(f"  {side:6s} {result.row().strip()}\n{result.phase_row()}", flush=True)
     medians = {}
     for side, runs in results.items():
-        segments = {label: statistics.median(r.segments()[label] for r in runs)
-                    for label, _, _ in SEGMENTS}
+        segments = {
+            label: statistics.median(r.segments()[label] for r in runs) for label, _, _ in SEGMENTS
+        }
         segments["before the first line"] = statistics.median(r.first_result for r in runs)
         segments["whole process"] = statistics.median(r.measure.wall for r in runs)
         kinds = sorted({kind for r in runs for kind in r.measure.cpu})
-        cpu = {f"CPU {kind}": statistics.median(r.measure.cpu.get(kind, 0.0) for r in runs)
-               for kind in kinds}
+        cpu = {
+            f"CPU {kind}": statistics.median(r.measure.cpu.get(kind, 0.0) for r in runs)
+            for kind in kinds
+        }
         cpu["CPU total"] = statistics.median(r.measure.cpu_total for r in runs)
         medians[side] = segments | cpu
-        print(f"  median {side}: " + ", ".join(f"{k} {v:.2f} s" for k, v in medians[side].items())
-              + f"; Ray workers {[r.measure.workers for r in runs]}")
+        print(
+            f"  median {side}: "
+            + ", ".join(f"{k} {v:.2f} s" for k, v in medians[side].items())
+            + f"; Ray workers {[r.measure.workers for r in runs]}"
+        )
     if len(sides) == 2:
         before, after = medians["before"], medians["after"]
-        print("  after / before: " + ", ".join(
-            f"{key} {after[key] / before[key]:.2f}" for key in before
-            if key in after and before[key] > 0.05))
+        print(
+            "  after / before: "
+            + ", ".join(
+                f"{key} {after[key] / before[key]:.2f}"
+                for key in before
+                if key in after and before[key] > 0.05
+            )
+        )
 
 
 def drip(uri: str, tmp: Path, deadline: float, itm_root: Path) -> None:
     """5% of the lines drip until the deadline: the other lines' throughput vs a clean run."""
     lines = LINES
-    dripping = [line.replace("picsum.photos/", "picsum.photos/drip/") if i % 20 == 7 and
-                "/error/" not in line else line for i, line in enumerate(lines)]
+    dripping = [
+        line.replace("picsum.photos/", "picsum.photos/drip/")
+        if i % 20 == 7 and "/error/" not in line
+        else line
+        for i, line in enumerate(lines)
+    ]
     rates = {}
     for title, input_lines in (("clean", lines), ("drip", dripping)):
-        results = scenario(f"drip benchmark, {title}", input_lines, 0.0, uri, tmp, ("itm",),
-                           ("--deadline", str(deadline)), itm_root)
+        results = scenario(
+            f"drip benchmark, {title}",
+            input_lines,
+            0.0,
+            uri,
+            tmp,
+            ("itm",),
+            ("--deadline", str(deadline)),
+            itm_root,
+        )
         db = connect(uri)["bench_itm"]
         others = db.events.find({"url": {"$not": re.compile("/drip/")}}, {"finished_at": 1})
         times = sorted(event["finished_at"] for event in others)
         seconds = (times[-1] - db.runs.find_one()["started_at"]).total_seconds()
         rates[title] = len(times) / seconds
-        print(f"  other lines: {len(times)} in {seconds:.1f} s = {rates[title]:.0f} lines/s "
-              f"(job {results['itm'].job} s)")
-    print(f"  other lines' throughput with 5% dripping: {rates['drip'] / rates['clean']:.2f}x "
-          f"the clean run's (target >= 0.80)")
+        print(
+            f"  other lines: {len(times)} in {seconds:.1f} s = {rates[title]:.0f} lines/s "
+            f"(job {results['itm'].job} s)"
+        )
+    print(
+        f"  other lines' throughput with 5% dripping: {rates['drip'] / rates['clean']:.2f}x "
+        f"the clean run's (target >= 0.80)"
+    )
 
 
 def report(results: dict[str, dict[str, Result]]) -> None:
@@ -440,8 +562,10 @@ def report(results: dict[str, dict[str, Result]]) -> None:
     if "0ms" in results:
         r = results["0ms"]
         base = r["pools"].measure.wall
-        print(f"  0 ms:   itm job / pools wall {r['itm'].job / base:.2f} (<= 1.0); itm wall / "
-              f"pools wall {r['itm'].measure.wall / base:.2f} (<= 1.5)")
+        print(
+            f"  0 ms:   itm job / pools wall {r['itm'].job / base:.2f} (<= 1.0); itm wall / "
+            f"pools wall {r['itm'].measure.wall / base:.2f} (<= 1.5)"
+        )
         if "sequential" in r:
             ratio = r["itm"].measure.wall / r["sequential"].measure.wall
             print(f"          itm wall / sequential wall {ratio:.2f}")
@@ -452,16 +576,20 @@ def report(results: dict[str, dict[str, Result]]) -> None:
             label = "measured"
         elif "0ms" in results and "sequential" in results["0ms"]:
             # Each good line costs two responses, each error one, all one after another.
-            responses = sum(1 if "/error/" in line or max(map(int, line.rsplit("/", 2)[1:])) > 5000
-                            else 2 for line in LINES)
+            responses = sum(
+                1 if "/error/" in line or max(map(int, line.rsplit("/", 2)[1:])) > 5000 else 2
+                for line in LINES
+            )
             sequential = results["0ms"]["sequential"].measure.wall + responses * 0.1
             label = "estimated: 0 ms time + 0.1 s per response"
         else:
             sequential = None
         if sequential:
             wall = r["itm"].measure.wall
-            print(f"  100 ms: itm wall / sequential wall {wall / sequential:.3f} = 1/"
-                  f"{sequential / wall:.0f} (<= 1/20; sequential {sequential:.0f} s, {label})")
+            print(
+                f"  100 ms: itm wall / sequential wall {wall / sequential:.3f} = 1/"
+                f"{sequential / wall:.0f} (<= 1/20; sequential {sequential:.0f} s, {label})"
+            )
     if "10k" in results:
         r = results["10k"]
         ratio = r["itm"].steady / r["pools"].steady
@@ -470,25 +598,43 @@ def report(results: dict[str, dict[str, Result]]) -> None:
         if seq:
             per_k = {name: res.measure.cpu_total / res.lines * 1000 for name, res in r.items()}
             seq_k = seq.measure.cpu_total / seq.lines * 1000
-            print(f"          CPU s per 1,000 lines: itm {per_k['itm']:.1f}, pools "
-                  f"{per_k['pools']:.1f}, sequential {seq_k:.1f} (0 ms run); itm / sequential "
-                  f"{per_k['itm'] / seq_k:.2f} (<= 1.3)")
-    workers = [res.measure.workers for scen in results.values() for name, res in scen.items()
-               if name == "itm"]
+            print(
+                f"          CPU s per 1,000 lines: itm {per_k['itm']:.1f}, pools "
+                f"{per_k['pools']:.1f}, sequential {seq_k:.1f} (0 ms run); itm / sequential "
+                f"{per_k['itm'] / seq_k:.2f} (<= 1.3)"
+            )
+    workers = [
+        res.measure.workers
+        for scen in results.values()
+        for name, res in scen.items()
+        if name == "itm"
+    ]
     print(f"  Ray worker processes started per itm run: {workers} (<= CPUs + 4 = {CPUS + 4})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", nargs="*", default=["0ms", "100ms", "10k"],
-                        choices=["0ms", "100ms", "10k", "drip", "startup"])
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs of each side in the startup scenario (median)")
-    parser.add_argument("--sequential-100ms", action="store_true",
-                        help="also run the sequential loop at 100 ms (over two minutes)")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        default=["0ms", "100ms", "10k"],
+        choices=["0ms", "100ms", "10k", "drip", "startup"],
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs of each side in the startup scenario (median)"
+    )
+    parser.add_argument(
+        "--sequential-100ms",
+        action="store_true",
+        help="also run the sequential loop at 100 ms (over two minutes)",
+    )
     parser.add_argument("--drip-deadline", type=float, default=10.0)
-    parser.add_argument("--itm-root", type=Path, default=ROOT,
-                        help="run itm from another checkout (e.g. an export of main: before/after)")
+    parser.add_argument(
+        "--itm-root",
+        type=Path,
+        default=ROOT,
+        help="run itm from another checkout (e.g. an export of main: before/after)",
+    )
     parser.add_argument("--pipeline", choices=["sequential", "pools"], help=argparse.SUPPRESS)
     parser.add_argument("--urls", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--mongo-uri", help=argparse.SUPPRESS)
@@ -501,16 +647,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp) / "mongo") as uri:
         tmp = Path(tmp)
         if "0ms" in args.only:
-            results["0ms"] = scenario("0 ms", LINES, 0.0, uri, tmp,
-                                      ("sequential", "pools", "itm"), itm_root=args.itm_root)
+            results["0ms"] = scenario(
+                "0 ms", LINES, 0.0, uri, tmp, ("sequential", "pools", "itm"), itm_root=args.itm_root
+            )
         if "100ms" in args.only:
             names = ("sequential", "pools", "itm") if args.sequential_100ms else ("pools", "itm")
-            results["100ms"] = scenario("100 ms", LINES, 0.1, uri, tmp, names,
-                                        itm_root=args.itm_root)
+            results["100ms"] = scenario(
+                "100 ms", LINES, 0.1, uri, tmp, names, itm_root=args.itm_root
+            )
         if "10k" in args.only:
             many = [LINES[i % len(LINES)] for i in range(10_000)]
-            results["10k"] = scenario("10k lines", many, 0.0, uri, tmp, ("pools", "itm"),
-                                      itm_root=args.itm_root)
+            results["10k"] = scenario(
+                "10k lines", many, 0.0, uri, tmp, ("pools", "itm"), itm_root=args.itm_root
+            )
         if "drip" in args.only:
             drip(uri, tmp, args.drip_deadline, args.itm_root)
         if "startup" in args.only:

@@ -2,7 +2,7 @@
 
     python -m benchmarks.bench_png [--images 120] [--repeat 3]
 
-Encodes the grayscale of real photographs (``tests/photo_server.py``: scikit-image's
+Encodes the grayscale of real photographs (``tests/support/photo_server.py``: scikit-image's
 and matplotlib's samples) at canonical sizes, for each zlib level with the default
 strategy and with ``Z_RLE`` (what itm uses); prints bytes and encode time relative
 to level 6 with the default strategy, Pillow's default.
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from itm.imaging import decode, to_gray
-from tests.photo_server import photo_files, photo_jpeg
+from itm.job.imaging import decode, to_gray
+from tests.support.photo_server import photo_files, photo_jpeg
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = (6, zlib.Z_DEFAULT_STRATEGY)  # Pillow's default
@@ -34,8 +34,10 @@ def inputs(count: int) -> list[np.ndarray]:
         if width.isdigit() and max(int(width), int(height)) <= 5000:
             sizes.append((int(width), int(height)))
     photos = len(photo_files())
-    return [to_gray(decode(photo_jpeg(i % photos, *sizes[i % len(sizes)]), 10**8))[0]
-            for i in range(count)]
+    return [
+        to_gray(decode(photo_jpeg(i % photos, *sizes[i % len(sizes)]), 10**8))[0]
+        for i in range(count)
+    ]
 
 
 def encode(pixels: np.ndarray, level: int, strategy: int) -> int:
@@ -63,8 +65,10 @@ def main() -> None:
     print("level strategy      bytes  of raw  size x  time x")
     for (level, strategy), (size, seconds) in results.items():
         name = "Z_RLE" if strategy == zlib.Z_RLE else "default"
-        print(f"{level:5d} {name:8s} {size:11,d} {size / raw:7.3f} {size / base_size:7.2f} "
-              f"{seconds / base_time:7.2f}")
+        print(
+            f"{level:5d} {name:8s} {size:11,d} {size / raw:7.3f} {size / base_size:7.2f} "
+            f"{seconds / base_time:7.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     flock /tmp/itm-bench.lock python -m benchmarks.bench_politeness [--lines 2000]
 
 2,000 lines spread over 4 host names of one loopback server
-(``tests/host_servers.py``), each answer 100 ms after its request; every other
+(``tests/support/host_servers.py``), each answer 100 ms after its request; every other
 line redirects to the next host, so half the lines hold two hosts' tokens one
 after the other. Each job is ``python -m itm.run --no-serve`` as its own process
 (``--concurrency 64``, the default), measured from outside as
@@ -23,18 +23,25 @@ from pathlib import Path
 from benchmarks.bench_pipeline import Result, run
 from itm.embedded import EmbeddedMongo
 from itm.store import connect
-from tests.host_servers import HostServer, spread_lines
+from tests.support.host_servers import HostServer, spread_lines
 
-ACTOR_LINE = re.compile(r"itm: --per-host \d+: (\d+) tokens, (\d+) waits timed out.*"
-                        r"token actor (\d+) calls, ([\d.]+) s CPU")
+ACTOR_LINE = re.compile(
+    r"itm: --per-host \d+: (\d+) tokens, (\d+) waits timed out.*"
+    r"token actor (\d+) calls, ([\d.]+) s CPU"
+)
 
 
 def job(per_host: int, lines: int, latency: float, uri: str, tmp: Path) -> tuple[Result, dict]:
     with HostServer(latency=latency) as server:
         urls = tmp / "urls.txt"
         urls.write_text("\n".join(spread_lines(server, lines)) + "\n")
-        result = run("itm", urls, uri, connect(uri)[f"bench_per_host_{per_host}"],
-                     ("--per-host", str(per_host)))
+        result = run(
+            "itm",
+            urls,
+            uri,
+            connect(uri)[f"bench_per_host_{per_host}"],
+            ("--per-host", str(per_host)),
+        )
     return result, dict(server.peak)
 
 
@@ -55,16 +62,22 @@ def main() -> None:
                 if match := ACTOR_LINE.search(line):
                     tokens, timed_out, calls, cpu = match.groups()
                     share = float(cpu) / result.measure.cpu_total
-                    print(f"  token actor: {calls} calls ({int(calls) / result.lines:.2f} per "
-                          f"line) for {tokens} tokens, {timed_out} waits timed out; "
-                          f"{cpu} s CPU in its process = {float(cpu) * 1000 / result.lines:.2f}"
-                          f" ms per line, {share:.1%} of the job's CPU", flush=True)
+                    print(
+                        f"  token actor: {calls} calls ({int(calls) / result.lines:.2f} per "
+                        f"line) for {tokens} tokens, {timed_out} waits timed out; "
+                        f"{cpu} s CPU in its process = {float(cpu) * 1000 / result.lines:.2f}"
+                        f" ms per line, {share:.1%} of the job's CPU",
+                        flush=True,
+                    )
     limited, free = results[args.per_host], results[0]
     wall = limited.measure.wall / free.measure.wall
     cpu = limited.measure.cpu_total / free.measure.cpu_total
-    print(f"\n--per-host {args.per_host} / unlimited: wall {wall:.2f}x, job "
-          f"{limited.job / free.job:.2f}x, CPU {cpu:.2f}x; Ray worker processes "
-          f"{limited.measure.workers} vs {free.measure.workers}")
+    print(
+        f"\n--per-host {args.per_host} / unlimited: wall {wall:.2f}x, job "
+        f"{limited.job / free.job:.2f}x, CPU {cpu:.2f}x; Ray worker processes "
+        f"{limited.measure.workers} vs {free.measure.workers}"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -35,12 +35,12 @@ from benchmarks.bench_memory import rss_mib
 from itm import store
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
-from itm.errors import Failure
-from itm.fingerprint import fingerprint
-from itm.ray_runtime import init_ray
+from itm.job.fingerprint import fingerprint
+from itm.job.ray_runtime import init_ray
+from itm.job.writer import MongoWriter
+from itm.outcomes import Failure
 from itm.run import run_job
 from itm.store import connect
-from itm.writer import MongoWriter
 
 RUN = "big"
 
@@ -82,9 +82,13 @@ def killed_run(uri: str, db: str, urls: Path, lines: int, undone: int) -> int:
     done = [*range(1, cut + 1), *range(cut + 100, lines + 1, 100)]
     failure = Failure("invalid_url", "URL has no host")
     for start in range(0, len(done), 5000):
-        numbers = done[start:start + 5000]
-        writer.write(RUN, [(n, f"not a url {n}") for n in numbers], [None] * len(numbers),
-                     [failure] * len(numbers))
+        numbers = done[start : start + 5000]
+        writer.write(
+            RUN,
+            [(n, f"not a url {n}") for n in numbers],
+            [None] * len(numbers),
+            [failure] * len(numbers),
+        )
     writer.client.close()
     return len(done)
 
@@ -95,14 +99,32 @@ def finished_run(uri: str, db: str, urls: Path, lines: int, every: int) -> int:
     client = connect(uri)
     store.ensure_indexes(client[db])
     now = datetime.now(timezone.utc)
-    client[db][store.RUNS].insert_one({"_id": RUN, "input": str(urls), "started_at": now,
-                                       "fingerprint": fingerprint(urls), "finished_at": now})
+    client[db][store.RUNS].insert_one(
+        {
+            "_id": RUN,
+            "input": str(urls),
+            "started_at": now,
+            "fingerprint": fingerprint(urls),
+            "finished_at": now,
+        }
+    )
     for start in range(1, lines + 1, 10_000):
-        client[db][store.EVENTS].insert_many([
-            {"run_id": RUN, "line": n, "url": f"not a url {n}", "status": "error",
-             "reason": "timeout" if n % every == 0 else "invalid_url", "detail": "",
-             "md5": None, "duplicate": False, "finished_at": now}
-            for n in range(start, min(start + 10_000, lines + 1))])
+        client[db][store.EVENTS].insert_many(
+            [
+                {
+                    "run_id": RUN,
+                    "line": n,
+                    "url": f"not a url {n}",
+                    "status": "error",
+                    "reason": "timeout" if n % every == 0 else "invalid_url",
+                    "detail": "",
+                    "md5": None,
+                    "duplicate": False,
+                    "finished_at": now,
+                }
+                for n in range(start, min(start + 10_000, lines + 1))
+            ]
+        )
     client.close()
     return lines // every
 
@@ -111,8 +133,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--undone", type=int, default=20_000)
-    parser.add_argument("--retry-every", type=int, default=0,
-                        help="retry the timeouts of a finished run, one line in N")
+    parser.add_argument(
+        "--retry-every",
+        type=int,
+        default=0,
+        help="retry the timeouts of a finished run, one line in N",
+    )
     args = parser.parse_args()
     # Ray first: on a loaded machine its 30 s start-up limit must not waste the stored run.
     init_ray(None, dashboard=False)
@@ -123,23 +149,36 @@ def main() -> None:
         urls.write_text("".join(f"not a url {n}\n" for n in range(1, args.lines + 1)))
         started = time.perf_counter()
         done = killed_run(uri, "resume", urls, args.lines, args.undone)
-        print(f"killed run stored: {done:,} of {args.lines:,} lines done "
-              f"({time.perf_counter() - started:.0f} s)")
-        settings = dataclasses.replace(Settings(), urls=urls, mongo_uri=uri, db="resume",
-                                       resume=RUN, batch_size=64, serve=False)
+        print(
+            f"killed run stored: {done:,} of {args.lines:,} lines done "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        settings = dataclasses.replace(
+            Settings(),
+            urls=urls,
+            mongo_uri=uri,
+            db="resume",
+            resume=RUN,
+            batch_size=64,
+            serve=False,
+        )
         with sampled_rss() as rss:
             totals, seconds = run_job(settings, uri, RUN)
         assert totals.lines == args.lines, totals
-        print(f"resume: {args.lines - done:,} lines processed in {seconds:.0f} s; driver RSS "
-              f"{rss.before:.1f} MiB before, {rss.peak:.1f} MiB peak, {rss.after:.1f} MiB "
-              f"after (+{rss.peak - rss.before:.1f} MiB)")
+        print(
+            f"resume: {args.lines - done:,} lines processed in {seconds:.0f} s; driver RSS "
+            f"{rss.before:.1f} MiB before, {rss.peak:.1f} MiB peak, {rss.after:.1f} MiB "
+            f"after (+{rss.peak - rss.before:.1f} MiB)"
+        )
         # The baseline: the done lines as the driver held them before (a list, then a set).
         base = rss_mib()
         numbers = sorted([*range(1, done + 1)])
         as_set = set(numbers)
         held = rss_mib() - base
-        print(f"baseline: every done line number in the driver (list + set of {len(as_set):,}) "
-              f"+{held:.1f} MiB")
+        print(
+            f"baseline: every done line number in the driver (list + set of {len(as_set):,}) "
+            f"+{held:.1f} MiB"
+        )
 
 
 def retry(lines: int, every: int) -> None:
@@ -148,23 +187,40 @@ def retry(lines: int, every: int) -> None:
         urls.write_text("".join(f"not a url {n}\n" for n in range(1, lines + 1)))
         started = time.perf_counter()
         todo = finished_run(uri, "retry", urls, lines, every)
-        print(f"finished run stored: {lines:,} failed lines, {todo:,} of them timeouts "
-              f"({time.perf_counter() - started:.0f} s)")
-        settings = dataclasses.replace(Settings(), mongo_uri=uri, db="retry", batch_size=64,
-                                       serve=False, retry_failed=RUN, reasons="timeout")
+        print(
+            f"finished run stored: {lines:,} failed lines, {todo:,} of them timeouts "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+        settings = dataclasses.replace(
+            Settings(),
+            mongo_uri=uri,
+            db="retry",
+            batch_size=64,
+            serve=False,
+            retry_failed=RUN,
+            reasons="timeout",
+        )
         with sampled_rss() as rss:
             totals, seconds = run_job(settings, uri, "retried")
         assert totals.lines == todo, totals
-        print(f"retry: {todo:,} of {lines:,} lines processed in {seconds:.0f} s "
-              f"({todo / seconds:.0f} lines/s); driver RSS {rss.before:.1f} MiB before, "
-              f"{rss.peak:.1f} MiB peak, {rss.after:.1f} MiB after "
-              f"(+{rss.peak - rss.before:.1f} MiB)")
+        print(
+            f"retry: {todo:,} of {lines:,} lines processed in {seconds:.0f} s "
+            f"({todo / seconds:.0f} lines/s); driver RSS {rss.before:.1f} MiB before, "
+            f"{rss.peak:.1f} MiB peak, {rss.after:.1f} MiB after "
+            f"(+{rss.peak - rss.before:.1f} MiB)"
+        )
         base = rss_mib()
         client = connect(uri)
-        loaded = [(event["line"], event["url"]) for event in client["retry"][store.EVENTS].find(
-            {"run_id": RUN, "status": "error"}, {"_id": 0, "line": 1, "url": 1})]
-        print(f"baseline: every failed (line, URL) of the run in the driver (a list of "
-              f"{len(loaded):,}) +{rss_mib() - base:.1f} MiB")
+        loaded = [
+            (event["line"], event["url"])
+            for event in client["retry"][store.EVENTS].find(
+                {"run_id": RUN, "status": "error"}, {"_id": 0, "line": 1, "url": 1}
+            )
+        ]
+        print(
+            f"baseline: every failed (line, URL) of the run in the driver (a list of "
+            f"{len(loaded):,}) +{rss_mib() - base:.1f} MiB"
+        )
         client.close()
 
 

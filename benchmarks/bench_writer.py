@@ -29,10 +29,10 @@ from pymongo.database import Database
 
 from itm import store
 from itm.embedded import EmbeddedMongo
-from itm.errors import Failure
-from itm.histogram import floor_minute
-from itm.imaging import GrayImage, grayscale_png
-from itm.writer import MongoWriter, utcnow
+from itm.job.imaging import GrayImage, grayscale_png
+from itm.job.writer import MongoWriter, utcnow
+from itm.outcomes import Failure
+from itm.store import floor_minute
 
 Batch = tuple[list[tuple[int, str]], list[str | None], list[GrayImage | Failure]]
 
@@ -92,15 +92,33 @@ def direct(db: Database, run_id: str, batches: list[Batch]) -> None:
         for (line, url), md5, gray in zip(lines, md5s, grays, strict=True):
             event = {"run_id": run_id, "line": line, "url": url, "md5": md5, "finished_at": now}
             if isinstance(gray, Failure):
-                event |= {"status": "error", "reason": gray.reason, "detail": gray.detail,
-                          "duplicate": False}
+                event |= {
+                    "status": "error",
+                    "reason": gray.reason,
+                    "detail": gray.detail,
+                    "duplicate": False,
+                }
             else:
-                event |= {"status": "success", "reason": None, "detail": None,
-                          "duplicate": False}
-                images.append(UpdateOne({"md5": md5}, {"$setOnInsert": {
-                    "md5": md5, "width": gray.width, "height": gray.height, "mode": gray.mode,
-                    "gray": gray.png, "source_url": url, "inserted_at": now,
-                    "run_id": run_id, "line": line}}, upsert=True))
+                event |= {"status": "success", "reason": None, "detail": None, "duplicate": False}
+                images.append(
+                    UpdateOne(
+                        {"md5": md5},
+                        {
+                            "$setOnInsert": {
+                                "md5": md5,
+                                "width": gray.width,
+                                "height": gray.height,
+                                "mode": gray.mode,
+                                "gray": gray.png,
+                                "source_url": url,
+                                "inserted_at": now,
+                                "run_id": run_id,
+                                "line": line,
+                            }
+                        },
+                        upsert=True,
+                    )
+                )
             events.append(event)
             outcome[event["status"]] += 1
         if images:
@@ -108,7 +126,9 @@ def direct(db: Database, run_id: str, batches: list[Batch]) -> None:
         db[store.EVENTS].insert_many(events, ordered=False)
         db[store.MONITORING].update_one(
             {"minute": floor_minute(now)},
-            {"$inc": {"success": outcome["success"], "error": outcome["error"]}}, upsert=True)
+            {"$inc": {"success": outcome["success"], "error": outcome["error"]}},
+            upsert=True,
+        )
 
 
 def through_writer(writer: MongoWriter, run_id: str, batches: list[Batch]) -> None:
@@ -152,8 +172,10 @@ def main() -> None:
                 speeds.append((args.lines / seconds["direct"], args.lines / seconds["writer"]))
             median = statistics.median(ratios)
             direct_speed, writer_speed = speeds[ratios.index(median)]
-            print(f"{size:5d} {direct_speed:15.0f} {writer_speed:15.0f} {median:6.2f}x"
-                  f" {commands['direct']:22.1f} {commands['writer']:7.1f}")
+            print(
+                f"{size:5d} {direct_speed:15.0f} {writer_speed:15.0f} {median:6.2f}x"
+                f" {commands['direct']:22.1f} {commands['writer']:7.1f}"
+            )
         client.close()
 
 

@@ -25,7 +25,8 @@ import zlib
 def png(width: int, height: int, seed: int) -> bytes:
     """An RGB PNG with a gradient that depends on ``seed``."""
     rows = b"".join(
-        b"\0" + bytes(
+        b"\0"
+        + bytes(
             channel
             for x in range(width)
             for channel in ((x * seed) % 256, (y * 7 + seed) % 256, (x + y) * seed % 256)
@@ -34,13 +35,20 @@ def png(width: int, height: int, seed: int) -> bytes:
     )
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
         )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 IMAGES = {"/img/1.png": png(64, 48, 3), "/img/2.png": png(40, 30, 11)}
@@ -76,8 +84,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
-        print(f"imageserver: {self.command} {self.path} {args[1] if len(args) > 1 else ''}",
-              file=sys.stderr)
+        print(
+            f"imageserver: {self.command} {self.path} {args[1] if len(args) > 1 else ''}",
+            file=sys.stderr,
+        )
 
 
 def main() -> None:
@@ -98,8 +108,16 @@ def main() -> None:
     elif args.what == "expect":
         reasons = [reason for _, reason in LINES if reason]
         md5s = sorted(hashlib.md5(body).hexdigest() for body in IMAGES.values())
-        print(json.dumps({"lines": len(LINES), "images": md5s,
-                          "success": len(LINES) - len(reasons), "reasons": sorted(reasons)}))
+        print(
+            json.dumps(
+                {
+                    "lines": len(LINES),
+                    "images": md5s,
+                    "success": len(LINES) - len(reasons),
+                    "reasons": sorted(reasons),
+                }
+            )
+        )
     elif args.what == "urls":
         for line, _ in LINES:
             print(line.format(base=args.base.rstrip("/")))

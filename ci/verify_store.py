@@ -48,6 +48,8 @@ if "--read-only" in sys.argv:
     else:
         raise AssertionError("the read-only user could write")
 
-print(f"stored: {len(images)} images {sorted(doc['md5'] for doc in images)}; "
-      f"{len(events)} events: {dict(statuses)}, errors {reasons}; counters {counted}"
-      + ("; writes refused" if "--read-only" in sys.argv else ""))
+print(
+    f"stored: {len(images)} images {sorted(doc['md5'] for doc in images)}; "
+    f"{len(events)} events: {dict(statuses)}, errors {reasons}; counters {counted}"
+    + ("; writes refused" if "--read-only" in sys.argv else "")
+)

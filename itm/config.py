@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from itm.errors import parse_reasons
+from itm.outcomes import parse_reasons
 
 ENV_PREFIX = "ITM_"
 
@@ -41,49 +41,57 @@ class Settings:
     host: str = _opt("127.0.0.1", "address the API listens on (0.0.0.0 in a container)")
     port: int = _opt(5000, "port of the API")
     direct_ingress: bool = _opt(
-        True, "a local Ray's Serve replica owns the API port itself (Serve's direct ingress: "
-        "plain-uvicorn speed); off: through Serve's proxy actor, ~5 ms more per request"
+        True,
+        "a local Ray's Serve replica owns the API port itself (Serve's direct ingress: "
+        "plain-uvicorn speed); off: through Serve's proxy actor, ~5 ms more per request",
     )
     api_timeout: float = _opt(
-        2.0, "seconds the reads of one API request may take in MongoDB (sent as maxTimeMS): "
-        "past it the request is a 503, never a hung one"
+        2.0,
+        "seconds the reads of one API request may take in MongoDB (sent as maxTimeMS): "
+        "past it the request is a 503, never a hung one",
     )
     api_max_ongoing: int = _opt(
         32, "API requests one Serve replica runs at once (Serve's max_ongoing_requests)"
     )
     api_max_queued: int = _opt(
-        64, "API requests queued in front of the replicas before the next one is a 503 at "
-        "once (Serve's max_queued_requests): a bounded wait, never a pile-up"
+        64,
+        "API requests queued in front of the replicas before the next one is a 503 at "
+        "once (Serve's max_queued_requests): a bounded wait, never a pile-up",
     )
     dashboard: bool | None = _opt(
-        None, "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "
-        "(without it, a --no-serve run starts a leaner local Ray: fewer processes, sooner up)"
+        None,
+        "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "
+        "(without it, a --no-serve run starts a leaner local Ray: fewer processes, sooner up)",
     )
     resume: str | None = _opt(
         None, "run id to resume: lines that already have an outcome are skipped"
     )
     force_resume: bool = _opt(
-        False, "resume or retry even if the input file changed since the run started (its "
-        "line numbers may no longer name the same URLs)"
+        False,
+        "resume or retry even if the input file changed since the run started (its "
+        "line numbers may no longer name the same URLs)",
     )
     retry_failed: str | None = _opt(
-        None, "run id whose failed lines to process again, as a new run linked to it "
-        "(the URLs are read again from that run's input file, by line number)"
+        None,
+        "run id whose failed lines to process again, as a new run linked to it "
+        "(the URLs are read again from that run's input file, by line number)",
     )
     reasons: str | None = _opt(
-        None, "with --retry-failed: only the lines that failed for these comma-separated "
+        None,
+        "with --retry-failed: only the lines that failed for these comma-separated "
         "reasons (e.g. timeout,connection_error,http_5xx; http_5xx is every http_5NN); "
-        "none: every failed line"
+        "none: every failed line",
     )
     data_dir: Path = _opt(Path(".itm"), "where the embedded MongoDB keeps its data and log")
     concurrency: int = _opt(
         64, "downloads in flight across the cluster (I/O-bound, not capped by CPUs)"
     )
     per_host: int = _opt(
-        8, "downloads in flight to one host across the cluster, each redirect hop counted "
+        8,
+        "downloads in flight to one host across the cluster, each redirect hop counted "
         "for its own host (0: unlimited); 8 like Scrapy's default per domain, so that a list "
         "of one site does not hit it with every download slot at once. A host that keeps "
-        "answering 429/503 is also backed off for the rest of the run"
+        "answering 429/503 is also backed off for the rest of the run",
     )
     batch_size: int = _opt(
         32, "input lines per Ray task and per writer call: fewer tasks, workers and writes"
@@ -91,8 +99,9 @@ class Settings:
     connect_timeout: float = _opt(5.0, "seconds to open a connection")
     read_timeout: float = _opt(10.0, "seconds to wait for the next bytes of a response")
     deadline: float = _opt(
-        30.0, "seconds one URL may take in all: DNS, connect, TLS, headers, every redirect, "
-        "every body, retries"
+        30.0,
+        "seconds one URL may take in all: DNS, connect, TLS, headers, every redirect, "
+        "every body, retries",
     )
     retries: int = _opt(2, "retries of a transient download failure (reset, 429, 502, 503, 504)")
     max_redirects: int = _opt(5, "redirects followed per URL")
@@ -100,29 +109,40 @@ class Settings:
         50_000_000, "largest body accepted, counted while streaming, decompressed size included"
     )
     allow_private_addresses: bool = _opt(
-        False, "also fetch loopback, private and carrier-grade NAT addresses (127.0.0.1, "
+        False,
+        "also fetch loopback, private and carrier-grade NAT addresses (127.0.0.1, "
         "10.0.0.0/8, 192.168.0.0/16, fc00::/7, ...): off, so that a URL list cannot reach "
-        "the services of this machine and its network; on for intranets and local tests"
+        "the services of this machine and its network; on for intranets and local tests",
     )
     allow_link_local_addresses: bool = _opt(
-        False, "also fetch link-local addresses (169.254.0.0/16, fe80::/10): off, because "
-        "cloud metadata services there hand out credentials"
+        False,
+        "also fetch link-local addresses (169.254.0.0/16, fe80::/10): off, because "
+        "cloud metadata services there hand out credentials",
     )
     download_resource: str | None = _opt(
-        None, "custom Ray resource a node must offer to run downloads (start those nodes "
+        None,
+        "custom Ray resource a node must offer to run downloads (start those nodes "
         "with --resources='{\"NAME\": 1}'): on a cluster where only some nodes reach the "
-        "image hosts; none: every node downloads"
+        "image hosts; none: every node downloads",
     )
     max_pixels: int = _opt(50_000_000, "largest image decoded (width x height): bomb guard")
     png_level: int = _opt(
-        1, "zlib level of the stored grayscale PNG (0-9): 0 stores it uncompressed; "
-        "with the run-length strategy itm uses, 1 is as small as 9 and fastest"
+        1,
+        "zlib level of the stored grayscale PNG (0-9): 0 stores it uncompressed; "
+        "with the run-length strategy itm uses, 1 is as small as 9 and fastest",
     )
     mongo_retry_seconds: float = _opt(60.0, "how long the writer retries while MongoDB is away")
 
     def __post_init__(self) -> None:
-        for name in ("concurrency", "batch_size", "port", "max_bytes", "max_pixels",
-                     "api_max_ongoing", "api_max_queued"):
+        for name in (
+            "concurrency",
+            "batch_size",
+            "port",
+            "max_bytes",
+            "max_pixels",
+            "api_max_ongoing",
+            "api_max_queued",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("connect_timeout", "read_timeout", "deadline", "api_timeout"):
@@ -143,7 +163,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``ITM_*`` variables over the defaults (what the API uses)."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, typing.Any] = {}
         for f in dataclasses.fields(cls):
             name, kind = ENV_PREFIX + f.name.upper(), _base_type(f)
             raw = environ.get(name)
@@ -174,13 +194,18 @@ class Settings:
             helptext = f"{f.metadata['help']} [env {env_name}; default: {f.default}]"
             if kind is bool:
                 parser.add_argument(
-                    flag, action=argparse.BooleanOptionalAction,
-                    default=getattr(env, f.name), help=helptext,
+                    flag,
+                    action=argparse.BooleanOptionalAction,
+                    default=getattr(env, f.name),
+                    help=helptext,
                 )
             else:
                 parser.add_argument(
-                    flag, type=kind, default=getattr(env, f.name),
-                    metavar=f.name.upper(), help=helptext,
+                    flag,
+                    type=kind,
+                    default=getattr(env, f.name),
+                    metavar=f.name.upper(),
+                    help=helptext,
                 )
         args = parser.parse_args(argv)
         try:
@@ -190,12 +215,12 @@ class Settings:
             raise  # unreachable: parser.error exits
 
 
-def _base_type(f: dataclasses.Field) -> type:
+def _base_type(f: dataclasses.Field[typing.Any]) -> type:
     """The concrete type of a field: ``str`` for ``str | None``."""
     hint = typing.get_type_hints(Settings)[f.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
-    return hint
+    return typing.cast(type, hint)
 
 
 def _parse(kind: type, raw: str) -> object:

@@ -57,7 +57,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def uri_of(port: int) -> str:
@@ -249,26 +250,47 @@ def _start_error(files: Files, server: subprocess.Popen[bytes], offset: int) -> 
     """Why the server exited at start, in one line, naming what holds the data if anything."""
     held = holders(files.storage / "WiredTiger.lock")
     if held:
-        return (f"the embedded MongoDB data in {files.storage} is held by {describe(held[0])}, "
-                f"which no itm run supervises: stop it (kill {held[0]}) or use another --data-dir")
-    return (f"embedded MongoDB exited with code {server.returncode} at start: "
-            f"{_last_line(files.log, offset) or 'no message'} (see {files.log})")
+        return (
+            f"the embedded MongoDB data in {files.storage} is held by {describe(held[0])}, "
+            f"which no itm run supervises: stop it (kill {held[0]}) or use another --data-dir"
+        )
+    return (
+        f"embedded MongoDB exited with code {server.returncode} at start: "
+        f"{_last_line(files.log, offset) or 'no message'} (see {files.log})"
+    )
 
 
 def _spawn_server(files: Files, port: int) -> subprocess.Popen[bytes]:
     files.storage.mkdir(parents=True, exist_ok=True)
     with files.log.open("ab") as log:
         return subprocess.Popen(
-            [find_command(), "--host", "127.0.0.1", "--port", str(port),
-             "--storage-path", str(files.storage), "--standalone", "--cache-size", "256M",
-             "--log-level", "WARNING"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            [
+                find_command(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--storage-path",
+                str(files.storage),
+                "--standalone",
+                "--cache-size",
+                "256M",
+                "--log-level",
+                "WARNING",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             preexec_fn=_dies_with(os.getpid()),
         )
 
 
 def _wait_ready(
-    server: subprocess.Popen[bytes], files: Files, port: int, timeout: float, offset: int,
+    server: subprocess.Popen[bytes],
+    files: Files,
+    port: int,
+    timeout: float,
+    offset: int,
     stop_asked: list[int],
 ) -> str | None:
     """None once the server answers a ping; else why it will not, in one line."""
@@ -346,9 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=GRACE_SECONDS)
     parser.add_argument("--start-lock-fd", type=int, required=True)
     args = parser.parse_args(argv)
-    return supervise(
-        args.data_dir, args.port, args.start_timeout, args.grace, args.start_lock_fd
-    )
+    return supervise(args.data_dir, args.port, args.start_timeout, args.grace, args.start_lock_fd)
 
 
 # --- a run's side -----------------------------------------------------------------------------
@@ -357,9 +377,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _child_env() -> dict[str, str]:
     """The supervisor imports this very ``itm``, wherever the run was started from."""
     root = str(Path(__file__).resolve().parent.parent)
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    )}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
 
 
 class EmbeddedMongo:
@@ -438,11 +459,28 @@ class EmbeddedMongo:
         self.files.state.unlink(missing_ok=True)
         with self.files.log.open("ab") as log:
             child = subprocess.Popen(
-                [sys.executable, "-m", "itm.embedded", "--data-dir", str(self.data_dir.resolve()),
-                 "--port", str(self.port), "--start-timeout", str(self.start_timeout),
-                 "--grace", str(self.grace), "--start-lock-fd", str(lock.fileno())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, text=True,
-                start_new_session=True, env=_child_env(), pass_fds=(lock.fileno(),),
+                [
+                    sys.executable,
+                    "-m",
+                    "itm.embedded",
+                    "--data-dir",
+                    str(self.data_dir.resolve()),
+                    "--port",
+                    str(self.port),
+                    "--start-timeout",
+                    str(self.start_timeout),
+                    "--grace",
+                    str(self.grace),
+                    "--start-lock-fd",
+                    str(lock.fileno()),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+                env=_child_env(),
+                pass_fds=(lock.fileno(),),
             )
         assert child.stdout is not None
         with child.stdout as answers:
@@ -453,8 +491,8 @@ class EmbeddedMongo:
             child.terminate()  # it stops its server, if any, with the one SIGTERM
             code = child.wait()
             raise EmbeddedMongoError(
-                answer or f"the embedded MongoDB supervisor exited with code {code} "
-                f"(see {self.log_path})"
+                answer
+                or f"the embedded MongoDB supervisor exited with code {code} (see {self.log_path})"
             )
         self.joined = False
         self._supervisor, self._child = Pid.of(child.pid), child

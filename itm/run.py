@@ -22,17 +22,17 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
 
+from itm.api.queries import image_page
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
-from itm.errors import parse_reasons
-from itm.fingerprint import fingerprint
-from itm.lines import count_lines, read_lines
-from itm.pipeline import run_batches
-from itm.queries import image_page
-from itm.ray_runtime import init_ray
-from itm.retry import Retry, plan_retry, resumed_retry
+from itm.job.fingerprint import fingerprint
+from itm.job.lines import count_lines, read_lines
+from itm.job.pipeline import run_batches
+from itm.job.ray_runtime import init_ray
+from itm.job.retry import Retry, plan_retry, resumed_retry
+from itm.job.writer import MongoUnavailable, WriterActor
+from itm.outcomes import Counts, parse_reasons
 from itm.store import connect, redact
-from itm.writer import Counts, MongoUnavailable, WriterActor
 
 
 class JobError(RuntimeError):
@@ -69,23 +69,41 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
             urls = retry.urls if retry else settings.urls.resolve()
             total = retry.count(db) if retry else count_lines(urls)
             # A LineSet: a few ranges, however many lines are done.
-            done = ray.get(writer.start_run.remote(
-                run_id, str(urls), bool(settings.resume), fingerprint(urls),
-                settings.force_resume, total, retry and retry.of, retry and retry.reasons))
+            done = ray.get(
+                writer.start_run.remote(
+                    run_id,
+                    str(urls),
+                    bool(settings.resume),
+                    fingerprint(urls),
+                    settings.force_resume,
+                    total,
+                    retry and retry.of,
+                    retry and retry.reasons,
+                )
+            )
         except ValueError as exc:
             raise JobError(str(exc)) from None
-        what = (f"{total} failed lines ({', '.join(retry.reasons or ['any reason'])}) of run "
-                f"{retry.of}, from {urls}") if retry else str(urls)
-        print(f"itm: run {run_id} on {what}"
-              + (f", resuming after {len(done)} lines already done" if done else ""))
+        what = (
+            (
+                f"{total} failed lines ({', '.join(retry.reasons or ['any reason'])}) of run "
+                f"{retry.of}, from {urls}"
+            )
+            if retry
+            else str(urls)
+        )
+        print(
+            f"itm: run {run_id} on {what}"
+            + (f", resuming after {len(done)} lines already done" if done else "")
+        )
         started = time.perf_counter()
         with tqdm(total=total - len(done), unit="line", dynamic_ncols=True) as bar:
             seen = Counts()
 
             def progress(counts: Counts) -> None:
                 seen.add(counts)
-                bar.set_postfix(ok=seen.success, errors=seen.error, dup=seen.duplicates,
-                                refresh=False)
+                bar.set_postfix(
+                    ok=seen.success, errors=seen.error, dup=seen.duplicates, refresh=False
+                )
                 bar.update(counts.lines)
 
             lines = retry.lines(db, done) if retry else read_lines(urls, done)
@@ -106,24 +124,27 @@ def _retry(settings: Settings, db: Database, run_id: str) -> Retry | None:
 
 def summary(run_id: str, totals: Counts, seconds: float) -> str:
     reasons = ", ".join(f"{reason} {n}" for reason, n in totals.reasons.most_common()) or "none"
-    return "\n".join([
-        f"run {run_id}: {totals.lines} lines in {seconds:.1f} s "
-        f"({totals.success / seconds if seconds else 0:.1f} images/s)",
-        f"  success    {totals.success} ({totals.success - totals.duplicates} new images, "
-        f"{totals.duplicates} duplicates of stored ones)",
-        f"  errors     {totals.error} ({reasons})",
-    ])
+    return "\n".join(
+        [
+            f"run {run_id}: {totals.lines} lines in {seconds:.1f} s "
+            f"({totals.success / seconds if seconds else 0:.1f} images/s)",
+            f"  success    {totals.success} ({totals.success - totals.duplicates} new images, "
+            f"{totals.duplicates} duplicates of stored ones)",
+            f"  errors     {totals.error} ({reasons})",
+        ]
+    )
 
 
 def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     # Imported here: Serve and the API are heavy, and a --no-serve run needs neither.
     from ray import serve
 
-    from itm.serving import serve_api
+    from itm.api.serving import serve_api
 
     serve_api(settings)
     host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
     base = f"http://{host}:{settings.port}"
+    assert settings.mongo_uri is not None  # set by main before serving
     client = connect(settings.mongo_uri)
     newest, _ = image_page(client[settings.db], limit=1)
     client.close()
@@ -174,8 +195,10 @@ class Services:
             self.mongo_uri = ready.result()
             if self.embedded is not None:
                 shared = ", shared with another itm run" if self.embedded.joined else ""
-                print(f"itm: embedded MongoDB at {self.mongo_uri} "
-                      f"(data in {self.settings.data_dir}/mongo{shared})")
+                print(
+                    f"itm: embedded MongoDB at {self.mongo_uri} "
+                    f"(data in {self.settings.data_dir}/mongo{shared})"
+                )
             if self.our_ray:
                 print(f"itm: {ray_summary(self.settings.ray_address, self.dashboard)}")
         except BaseException:
@@ -192,7 +215,7 @@ class Services:
         settings = self.settings
         dashboard = settings.serve if settings.dashboard is None else settings.dashboard
         if settings.serve and settings.ray_address is None:
-            from itm.serving import apply_serve_env  # heavy: only when serving
+            from itm.api.serving import apply_serve_env  # heavy: only when serving
 
             apply_serve_env(settings)  # read by Serve's processes as they start
         try:
@@ -217,9 +240,11 @@ def ray_summary(address: str | None, dashboard: str | None) -> str:
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if address:
         return f"joined the Ray cluster at {address}: {cpus} CPUs" + (
-            f", dashboard {dashboard}" if dashboard else "")
+            f", dashboard {dashboard}" if dashboard else ""
+        )
     return f"started a local Ray: {cpus} CPUs, " + (
-        f"dashboard {dashboard}" if dashboard else "no dashboard (--dashboard starts one)")
+        f"dashboard {dashboard}" if dashboard else "no dashboard (--dashboard starts one)"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -245,8 +270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"itm: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nitm: interrupted; resume with: python -m itm.run --resume {run_id}",
-              file=sys.stderr)
+        print(
+            f"\nitm: interrupted; resume with: python -m itm.run --resume {run_id}", file=sys.stderr
+        )
         return 130
 
 

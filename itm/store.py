@@ -10,15 +10,19 @@ agree on one schema:
   inserted once, never updated.
 - ``monitoring``: one document per minute, unique on ``minute``: ``success``,
   ``error``, ``reasons`` (errors per reason), ``by_run`` (the same per run, under
-  ``run_key(run_id)``, with ``duplicates``); ``tallies`` is the writer's bookkeeping.
+  ``field_key(run_id)``, with ``duplicates``); ``tallies`` is the writer's bookkeeping.
 - ``runs``: one document per run, ``_id`` is the run id; ``minutes`` lists the
   minutes that hold its counters, so a run's totals are a sum over a few documents.
+
+A line counts in the UTC minute its processing finished: ``floor_minute`` is that
+bucketing, for the writer that counts and the API that reads.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 from pymongo import ASCENDING, DESCENDING, MongoClient
@@ -35,8 +39,15 @@ T = TypeVar("T")
 # A document may hold 16 MiB; keep room for the other fields.
 MAX_INLINE_PNG = 15 * 1024 * 1024
 
+MINUTE = timedelta(minutes=1)  # the width of a monitoring bucket
+# Windows are clamped into this range: nothing itm counted is older than the Unix
+# epoch, and the margin below year 10000 keeps datetime and matplotlib arithmetic
+# from overflowing, whatever bounds a client asks for.
+EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
 
-def connect(uri: str, timeout_ms: int = 5000) -> MongoClient:
+
+def connect(uri: str, timeout_ms: int = 5000) -> MongoClient[dict[str, Any]]:
     """A client that returns tz-aware UTC datetimes and fails fast when nobody answers."""
     return MongoClient(
         uri,
@@ -52,7 +63,7 @@ def redact(uri: str) -> str:
     return re.sub(r"//[^/@]*@", "//***@", uri)
 
 
-def ensure_indexes(db: Database) -> None:
+def ensure_indexes(db: Database[Any]) -> None:
     """Create the indexes the contract relies on (idempotent)."""
     db[IMAGES].create_index([("md5", ASCENDING)], unique=True)
     db[IMAGES].create_index([("inserted_at", DESCENDING), ("md5", DESCENDING)])
@@ -69,21 +80,35 @@ def field_key(name: str) -> str:
 WINDOW = 10_000  # line numbers per query when a whole run is read
 
 
-def events_by_line(db: Database, run_id: str, projection: dict[str, Any],
-                   query: dict[str, Any] | None = None, last: int | None = None,
-                   ) -> Iterator[dict[str, Any]]:
+def events_by_line(
+    db: Database,
+    run_id: str,
+    projection: dict[str, Any],
+    query: dict[str, Any] | None = None,
+    last: int | None = None,
+) -> Iterator[dict[str, Any]]:
     """The run's events (those matching ``query``) in line order, by windows of lines.
 
     With a ``query``, give the run's ``last`` line: a window may then hold no match
     without being a gap in the run (see ``by_window``).
     """
     projection = {"_id": 0, "line": 1, **projection}
-    return by_window(db, run_id, lambda window: db[EVENTS].find(
-        {**window, **(query or {})}, projection).sort("line", ASCENDING), last)
+    return by_window(
+        db,
+        run_id,
+        lambda window: (
+            db[EVENTS].find({**window, **(query or {})}, projection).sort("line", ASCENDING)
+        ),
+        last,
+    )
 
 
-def by_window(db: Database, run_id: str, read: Callable[[dict[str, Any]], Iterable[T]],
-              last: int | None = None) -> Iterator[T]:
+def by_window(
+    db: Database,
+    run_id: str,
+    read: Callable[[dict[str, Any]], Iterable[T]],
+    last: int | None = None,
+) -> Iterator[T]:
     """``read`` over the run's events, ``WINDOW`` line numbers per query, in line order.
 
     No query touches more than a window's events, however long the run: SecantusDB
@@ -99,8 +124,27 @@ def by_window(db: Database, run_id: str, read: Callable[[dict[str, Any]], Iterab
         yield from found
         after += WINDOW
         if not found and last is None:
-            following = db[EVENTS].find_one({"run_id": run_id, "line": {"$gt": after}},
-                                            {"_id": 0, "line": 1}, sort=[("line", ASCENDING)])
+            following = db[EVENTS].find_one(
+                {"run_id": run_id, "line": {"$gt": after}},
+                {"_id": 0, "line": 1},
+                sort=[("line", ASCENDING)],
+            )
             if following is None:
                 return
             after = following["line"] - 1
+
+
+def to_utc(moment: datetime) -> datetime:
+    """``moment`` in UTC; a naive datetime is taken to be UTC already."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # within a day of datetime.min or datetime.max
+        return EARLIEST if moment.year == 1 else LATEST
+
+
+def floor_minute(moment: datetime, width: timedelta = MINUTE) -> datetime:
+    """The UTC minute that contains ``moment`` (tests of the writer pass a shorter ``width``)."""
+    moment = to_utc(moment)
+    return moment - (moment - EARLIEST) % width

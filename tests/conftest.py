@@ -1,11 +1,14 @@
-"""Session-wide real parts: one SecantusDB server and one local Ray for the whole run."""
+"""Fixtures only: one SecantusDB server and one local Ray for the whole run, the
+canonical run shared read-only. Helpers live in ``tests.support``.
+
+A test that uses the session's Ray (``ray_local``, even through another fixture) gets
+the ``ray`` marker here, so that ``pytest -m "not ray and not external"`` is the quick loop.
+"""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import ray
@@ -13,10 +16,10 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from itm.embedded import EmbeddedMongo
-from itm.ray_runtime import init_ray
-from itm.run import main
+from itm.job.ray_runtime import init_ray
 from itm.store import connect
-from tests.servers import PicsumServer, picsum_lines
+from tests.support.jobs import ROOT, PicsumRun, run_itm, write_urls
+from tests.support.servers import PicsumServer, picsum_lines
 
 
 @pytest.fixture(scope="session")
@@ -55,42 +58,17 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 @pytest.fixture(scope="session")
 def canonical_lines() -> list[str]:
     return (ROOT / "urls.txt").read_text().splitlines()
 
 
-def write_urls(folder: Path, lines: list[str]) -> Path:
-    urls = folder / "urls.txt"
-    urls.write_text("\n".join(lines) + "\n")
-    return urls
-
-
-def run_itm(mongo_uri: str, db_name: str, urls: Path, *flags: str) -> int:
-    """``python -m itm.run --no-serve`` in this process, on the session's Ray.
-
-    With ``--allow-private-addresses``: the tests' image servers are on loopback.
-    """
-    return main(["--urls", str(urls), "--mongo-uri", mongo_uri, "--db", db_name,
-                 "--no-serve", "--allow-private-addresses", *flags])
-
-
-@dataclass
-class PicsumRun:
-    """The canonical input, run once against a local picsum: shared, read-only."""
-
-    db: Database
-    run_id: str
-    server: PicsumServer
-    lines: list[str]
-
-
 @pytest.fixture(scope="session")
 def picsum_run(
-    mongo_client: MongoClient, mongo_uri: str, ray_local: None, canonical_lines: list[str],
+    mongo_client: MongoClient,
+    mongo_uri: str,
+    ray_local: None,
+    canonical_lines: list[str],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[PicsumRun]:
     with PicsumServer(photos=40) as server:
@@ -101,3 +79,9 @@ def picsum_run(
         db = mongo_client["picsum_run"]
         (run,) = db.runs.find()
         yield PicsumRun(db, run["_id"], server, lines)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "ray_local" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)

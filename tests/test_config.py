@@ -18,12 +18,15 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
     assert Settings.from_args(["--serve"], env).serve is True
 
 
-@pytest.mark.parametrize("env, words", [
-    ({"ITM_PORT": "abc"}, "ITM_PORT='abc' is not a valid int"),
-    ({"ITM_SERVE": "maybe"}, "ITM_SERVE='maybe' is not a valid bool"),
-    ({"ITM_BATCH_SIZE": "0"}, "batch_size must be at least 1"),
-    ({"ITM_PER_HOST": "-1"}, "per_host cannot be negative"),
-])
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"ITM_PORT": "abc"}, "ITM_PORT='abc' is not a valid int"),
+        ({"ITM_SERVE": "maybe"}, "ITM_SERVE='maybe' is not a valid bool"),
+        ({"ITM_BATCH_SIZE": "0"}, "batch_size must be at least 1"),
+        ({"ITM_PER_HOST": "-1"}, "per_host cannot be negative"),
+    ],
+)
 def test_bad_environment_values_are_named(env: dict[str, str], words: str) -> None:
     with pytest.raises(ValueError, match=words):
         Settings.from_env(env)

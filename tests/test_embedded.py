@@ -23,10 +23,12 @@ from pathlib import Path
 import pytest
 
 from itm.embedded import EmbeddedMongo, Pid, State, free_port
-from itm.ray_runtime import LOCAL_ENV
+from itm.job.ray_runtime import LOCAL_ENV
 from itm.store import connect
-from tests.conftest import ROOT, write_urls
-from tests.servers import PicsumServer, picsum_lines
+from tests.support.jobs import ROOT, write_urls
+from tests.support.servers import PicsumServer, picsum_lines
+
+pytestmark = pytest.mark.ray  # real `python -m itm.run` processes, each with its own local Ray
 
 ENV = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"}
 
@@ -58,9 +60,22 @@ class Run:
     def __init__(self, data_dir: Path, urls: Path, *flags: str) -> None:
         self.data_dir = data_dir
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "itm.run", "--urls", str(urls), "--data-dir", str(data_dir),
-             "--no-dashboard", *flags],
-            cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            [
+                sys.executable,
+                "-m",
+                "itm.run",
+                "--urls",
+                str(urls),
+                "--data-dir",
+                str(data_dir),
+                "--no-dashboard",
+                *flags,
+            ],
+            cwd=ROOT,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
             start_new_session=True,
         )
         self.pid = Pid.of(self.process.pid)
@@ -200,8 +215,10 @@ def test_signals_during_the_job_leave_no_process(
 
     # SIGKILL at start: the supervisor is starting the server for a run that is gone.
     run = start(data_dir, urls, "--no-serve")
-    wait_until(lambda: "itm.embedded" in " ".join(processes_of(data_dir).values()),
-               "the supervisor to start")
+    wait_until(
+        lambda: "itm.embedded" in " ".join(processes_of(data_dir).values()),
+        "the supervisor to start",
+    )
     run.signal(signal.SIGKILL)
     run.wait()
     assert_all_gone(data_dir, [run.pid])
@@ -278,7 +295,8 @@ def test_a_failure_to_start_says_in_one_line_what_holds_the_data(
     with (data_dir / "mongo" / "WiredTiger.lock").open("a") as lock:
         fcntl.lockf(lock, fcntl.LOCK_EX)  # as a server that itm did not start holds it
         line = failure()
-    assert line.startswith(f"itm: the embedded MongoDB data in {data_dir}/mongo is held by "
-                           f"process {os.getpid()} (")
+    assert line.startswith(
+        f"itm: the embedded MongoDB data in {data_dir}/mongo is held by process {os.getpid()} ("
+    )
     assert line.endswith(f"stop it (kill {os.getpid()}) or use another --data-dir")
     assert not processes_of(data_dir)

@@ -11,10 +11,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from itm.embedded import free_port
-from itm.ray_runtime import LOCAL_ENV
-from tests.conftest import ROOT, write_urls
-from tests.servers import PicsumServer, picsum_lines
+from itm.job.ray_runtime import LOCAL_ENV
+from tests.support.jobs import ROOT, write_urls
+from tests.support.servers import PicsumServer, picsum_lines
+
+pytestmark = pytest.mark.ray  # `python -m itm.run` starts its own local Ray
 
 
 def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: Path) -> None:
@@ -22,11 +26,25 @@ def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: 
     with PicsumServer() as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines[:40]))
         itm = subprocess.Popen(
-            [sys.executable, "-m", "itm.run", "--urls", str(urls), "--port", str(port),
-             "--data-dir", str(tmp_path / "itm"), "--no-dashboard"],
+            [
+                sys.executable,
+                "-m",
+                "itm.run",
+                "--urls",
+                str(urls),
+                "--port",
+                str(port),
+                "--data-dir",
+                str(tmp_path / "itm"),
+                "--no-dashboard",
+            ],
             # The local picsum is on loopback: opt in to private addresses, explicitly.
-            cwd=ROOT, env=os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            cwd=ROOT,
+            env=os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         try:
             output = []

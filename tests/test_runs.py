@@ -20,15 +20,15 @@ from fastapi.testclient import TestClient
 from pymongo.database import Database
 
 from itm.api import create_app
+from itm.api.runview import STALE_AFTER, status
 from itm.config import Settings
-from itm.errors import Failure, parse_reasons
-from itm.fingerprint import fingerprint
-from itm.retry import merge
-from itm.runview import STALE_AFTER, status
-from itm.writer import MongoWriter
-from tests.conftest import run_itm, write_urls
-from tests.servers import PicsumHandler, PicsumServer
-from tests.test_writer_concurrency import assert_consistent
+from itm.job.fingerprint import fingerprint
+from itm.job.retry import merge
+from itm.job.writer import MongoWriter
+from itm.outcomes import Failure, parse_reasons
+from tests.support.consistency import assert_consistent
+from tests.support.jobs import run_itm, write_urls
+from tests.support.servers import PicsumHandler, PicsumServer
 
 LINES = 40
 
@@ -79,13 +79,18 @@ def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
 
 
 def failed(db: Database, run_id: str, *reasons: str) -> list[int]:
-    query = {"run_id": run_id, "status": "error"} | ({"reason": {"$in": reasons}} if reasons
-                                                      else {})
+    query = {"run_id": run_id, "status": "error"} | (
+        {"reason": {"$in": reasons}} if reasons else {}
+    )
     return sorted(event["line"] for event in db.events.find(query))
 
 
 def test_retry_failed_attempts_exactly_the_failed_lines_and_links_the_runs(
-    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path, picsum: RecordingPicsum,
+    mongo_uri: str,
+    db: Database,
+    ray_local: None,
+    tmp_path: Path,
+    picsum: RecordingPicsum,
     client: TestClient,
 ) -> None:
     lines = mixed(picsum.url)
@@ -130,7 +135,10 @@ def test_retry_failed_attempts_exactly_the_failed_lines_and_links_the_runs(
 
 
 def test_retry_refuses_what_it_cannot_do(
-    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path,
+    mongo_uri: str,
+    db: Database,
+    ray_local: None,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     urls = write_urls(tmp_path, [f"not a url {n}" for n in range(10)])
@@ -150,7 +158,11 @@ def test_retry_refuses_what_it_cannot_do(
 
 
 def test_a_resumed_retry_processes_the_failed_lines_it_has_not_done(
-    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path, picsum: RecordingPicsum,
+    mongo_uri: str,
+    db: Database,
+    ray_local: None,
+    tmp_path: Path,
+    picsum: RecordingPicsum,
 ) -> None:
     lines = mixed(picsum.url)
     urls = write_urls(tmp_path, lines)
@@ -160,17 +172,26 @@ def test_a_resumed_retry_processes_the_failed_lines_it_has_not_done(
     todo = failed(db, first, "http_404")
     # A retry whose driver died after its first three lines.
     writer = MongoWriter(mongo_uri, db.name)
-    writer.start_run("retry", str(urls.resolve()), False, None, False, len(todo), first,
-                     ["http_404"])
-    writer.write("retry", [(n, lines[n - 1]) for n in todo[:3]], [None] * 3,
-                 [Failure("http_404", "still")] * 3)
+    writer.start_run(
+        "retry", str(urls.resolve()), False, None, False, len(todo), first, ["http_404"]
+    )
+    writer.write(
+        "retry",
+        [(n, lines[n - 1]) for n in todo[:3]],
+        [None] * 3,
+        [Failure("http_404", "still")] * 3,
+    )
     assert run_itm(mongo_uri, db.name, urls, "--resume", "retry") == 0
     assert picsum.take() == sorted(path_of(lines[n - 1]) for n in todo[3:])
     assert_consistent(db, {first: LINES, "retry": todo})
 
 
 def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(
-    mongo_uri: str, db: Database, ray_local: None, tmp_path: Path, client: TestClient,
+    mongo_uri: str,
+    db: Database,
+    ray_local: None,
+    tmp_path: Path,
+    client: TestClient,
 ) -> None:
     with PicsumServer(photos=2) as server, ThreadPoolExecutor(1) as pool:
         server.open.clear()  # every download waits at the server: the job is held mid-run

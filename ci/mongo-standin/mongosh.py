@@ -61,15 +61,18 @@ def main() -> int:
     args = parser.parse_args()
     files = [t for t in args.target if t.endswith(".js")]
     names = [t for t in args.target if not t.endswith(".js")]
-    source = args.eval if args.eval is not None else "\n".join(
-        Path(f).read_text() for f in files)
+    source = args.eval if args.eval is not None else "\n".join(Path(f).read_text() for f in files)
 
     credentials = {}
     if args.username:
-        credentials = {"username": args.username, "password": args.password,
-                       "authSource": args.authenticationDatabase}
-    client = MongoClient(args.host, args.port, directConnection=True,
-                         serverSelectionTimeoutMS=5000, **credentials)
+        credentials = {
+            "username": args.username,
+            "password": args.password,
+            "authSource": args.authenticationDatabase,
+        }
+    client = MongoClient(
+        args.host, args.port, directConnection=True, serverSelectionTimeoutMS=5000, **credentials
+    )
     try:
         client.admin.command("ping")  # connects and authenticates, as mongosh does first
     except PyMongoError as exc:

@@ -1,0 +1,287 @@
+"""The API's reads of MongoDB, as plain data, with no HTTP in them.
+
+Every read is served by an index, or by the per-minute ``monitoring`` documents
+(a day of them at most for a histogram): none grows with the number of events
+or images. Every function may raise ``PyMongoError``; the API turns it into a
+503. The API bounds each request's reads with ``pymongo.timeout`` (which sends
+``maxTimeMS`` with every command and times the socket out too); ``gridfs_chunks``
+runs after the route returned, so it bounds each chunk read itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pymongo
+from gridfs import GridFSBucket, GridOut
+from pymongo import ASCENDING, DESCENDING
+from pymongo.collection import Collection
+from pymongo.database import Database
+
+from itm.api.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
+from itm.api.models import RunTotals
+from itm.api.runview import sum_counters
+from itm.store import GRAY_BUCKET, IMAGES, MONITORING, RUNS, field_key
+
+MD5_RE = re.compile(r"[0-9a-f]{32}")
+RUN_ID_RE = re.compile(r"[^\x00-\x1f]{1,200}")
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+NEWEST_FIRST = [("inserted_at", DESCENDING), ("md5", DESCENDING)]  # matches an index of store
+CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
+# A page of images is read from the narrowest window of inserted_at, back from the newest
+# counted minute's end (or the cursor), that holds it, before the whole collection: SecantusDB
+# 0.7 (the embedded default) reads every document a query matches before it applies the
+# limit, so an unbounded newest-first page costs the whole collection there; a range of
+# the (inserted_at, md5) index costs what it holds, on MongoDB and SecantusDB alike.
+# Any window gives the right page when it holds one (it has every newer image); the
+# newest minute only makes the first one likely to.
+PAGE_WINDOWS = tuple(timedelta(seconds=s) for s in (10, 60, 600, 3600, 86400))
+RUNS_NEWEST_FIRST = [("started_at", DESCENDING), ("_id", DESCENDING)]  # an index of store
+# Of a run document, what its view shows (not its fingerprint).
+RUN_FIELDS = {
+    "input": 1,
+    "started_at": 1,
+    "finished_at": 1,
+    "heartbeat": 1,
+    "total": 1,
+    "totals": 1,
+    "session": 1,
+    "in_flight": 1,
+    "retry_of": 1,
+    "reasons": 1,
+    "retries": 1,
+    "minutes": 1,
+}
+# Of a monitoring document, only its counters: the writer adds bookkeeping fields.
+BUCKET_FIELDS = {"_id": 0, "minute": 1, "success": 1, "error": 1}
+
+
+def image_exists(db: Database[Any], md5: str) -> bool:
+    return db[IMAGES].find_one({"md5": md5}, {"_id": 1}) is not None
+
+
+def image_png(db: Database[Any], md5: str) -> bytes | GridOut | None:
+    """The stored PNG of ``md5``: the bytes of the document, or an open GridFS stream.
+
+    ``None`` for an unknown md5; ``gridfs.errors.NoFile`` when the document
+    names a GridFS file that is not there.
+    """
+    doc = db[IMAGES].find_one({"md5": md5}, {"_id": 0, "gray": 1, "gray_id": 1})
+    if doc is None:
+        return None
+    if doc.get("gray") is not None:
+        return bytes(doc["gray"])
+    return GridFSBucket(db, bucket_name=GRAY_BUCKET).open_download_stream(doc["gray_id"])
+
+
+def gridfs_chunks(stream: GridOut, timeout_s: float) -> Iterator[bytes]:
+    """The chunks of a GridFS file, each read within ``timeout_s``, closing it at the end.
+
+    Not ``iter(stream)``: a ``GridOut`` is a file object, which iterates by lines.
+    """
+    try:
+        while True:
+            with pymongo.timeout(timeout_s):
+                chunk = stream.readchunk()
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        stream.close()
+
+
+def encode_cursor(at: datetime, key: str) -> str:
+    """An opaque cursor that resumes a newest-first listing right after (``at``, ``key``)."""
+    millis = (at - EPOCH) // timedelta(milliseconds=1)
+    return base64.urlsafe_b64encode(f"{millis}.{key}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, key: re.Pattern[str]) -> tuple[datetime, str]:
+    """The (date, key) a cursor resumes after: (``inserted_at``, ``md5``) of an image,
+    (``started_at``, ``_id``) of a run; ``ValueError`` if malformed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        millis, value = raw.split(".", 1)
+        # BSON datetimes are whole milliseconds, so this is exactly the stored value.
+        at = EPOCH + timedelta(milliseconds=int(millis))
+    except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
+        raise ValueError("malformed cursor") from exc
+    if not key.fullmatch(value):
+        raise ValueError("malformed cursor")
+    return at, value
+
+
+def image_page(
+    db: Database[Any], limit: int, after: tuple[datetime, str] | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` images, newest first, after the cursor position; and the next cursor.
+
+    Keyset paging on (``inserted_at``, ``md5``), so a page costs the same however
+    deep it is and stays stable while the job inserts. The page is read from the
+    narrowest of ``PAGE_WINDOWS`` of ``inserted_at`` that holds it (see there).
+    """
+    newer: list[dict[str, Any]] = []  # after the cursor, in its own millisecond
+    before: dict[str, datetime] = {}
+    if after is None:  # the end of the minute of the last counted line
+        last = _edge_minute(db, DESCENDING)
+        newest = None if last is None else last + timedelta(minutes=1)
+    else:
+        newest, md5 = after
+        newer = _cards(db, {"inserted_at": newest, "md5": {"$lt": md5}}, limit + 1)
+        before = {"$lt": newest}
+    docs = newer
+    for window in (*(PAGE_WINDOWS if newest is not None else ()), None):
+        bounds = before if window is None else {**before, "$gte": newest - window}
+        docs = newer + _cards(db, {"inserted_at": bounds} if bounds else {}, limit + 1)
+        if len(docs) > limit:
+            last_card = docs[limit - 1]
+            return docs[:limit], encode_cursor(last_card["inserted_at"], last_card["md5"])
+    return docs, None
+
+
+def _cards(db: Database, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+    """The first ``limit`` images of ``query``, newest first: separate index ranges, not an
+    ``$or`` (SecantusDB 0.7 scans the collection for one)."""
+    return list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit))
+
+
+def _newest_first(
+    collection: Collection,
+    fields: dict[str, int],
+    order: list[tuple[str, int]],
+    limit: int,
+    after: tuple[datetime, str] | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A page of keyset paging on the index ``order`` (a date, then a unique key, both
+    descending); and the cursor of the next page."""
+    (at_field, _), (key_field, _) = order
+    query: dict[str, Any] = {}
+    if after is not None:
+        at, key = after
+        query = {"$or": [{at_field: {"$lt": at}}, {at_field: at, key_field: {"$lt": key}}]}
+    docs = list(collection.find(query, fields).sort(order).limit(limit + 1))
+    if len(docs) <= limit:
+        return docs, None
+    return docs[:limit], encode_cursor(docs[limit - 1][at_field], docs[limit - 1][key_field])
+
+
+def _edge_minute(db: Database[Any], direction: int) -> datetime | None:
+    doc = db[MONITORING].find_one({}, {"_id": 0, "minute": 1}, sort=[("minute", direction)])
+    return None if doc is None else doc["minute"]
+
+
+def histogram(
+    db: Database[Any], since: datetime | None, until: datetime | None
+) -> tuple[Window | None, list[Bucket]]:
+    """The window to show and its zero-filled buckets (see ``resolve_window``).
+
+    ``ValueError`` when ``since`` is after ``until``.
+    """
+    first = _edge_minute(db, ASCENDING) if since is None else None
+    last = _edge_minute(db, DESCENDING) if until is None else None
+    window = resolve_window(since, until, first, last)
+    if window is None:
+        return None, []
+    docs = db[MONITORING].find(
+        {"minute": {"$gte": window.since, "$lte": window.until}},
+        BUCKET_FIELDS,
+    )
+    return window, fill_buckets(window, docs)
+
+
+def summary(db: Database[Any]) -> tuple[Totals, list[tuple[str, int]], int | None]:
+    """All-time successes and errors, errors by reason (most frequent first), and the
+    number of images stored (``None`` when some minute predates that counter).
+
+    Sums the per-minute counters (``reasons`` counts each minute's errors by
+    reason, ``images`` the lines that stored their image first; documents older
+    than them have none): O(minutes), never a scan of ``events`` or ``images``.
+    """
+    facets = list(
+        db[MONITORING].aggregate(
+            [
+                {
+                    "$project": {
+                        "_id": 0,
+                        "success": 1,
+                        "error": 1,
+                        "images": 1,
+                        "reasons": {"$objectToArray": {"$ifNull": ["$reasons", {}]}},
+                    }
+                },
+                {
+                    "$facet": {
+                        "totals": [
+                            {
+                                "$group": {
+                                    "_id": None,
+                                    "success": {"$sum": "$success"},
+                                    "error": {"$sum": "$error"},
+                                    "images": {"$sum": "$images"},
+                                    "uncounted": {
+                                        "$sum": {
+                                            "$cond": [
+                                                {"$eq": [{"$ifNull": ["$images", None]}, None]},
+                                                1,
+                                                0,
+                                            ]
+                                        }
+                                    },
+                                }
+                            }
+                        ],
+                        "reasons": [
+                            {"$unwind": "$reasons"},
+                            {"$group": {"_id": "$reasons.k", "count": {"$sum": "$reasons.v"}}},
+                        ],
+                    }
+                },
+            ]
+        )
+    )
+    sums = facets[0]["totals"] if facets else []
+    totals = Totals(sums[0]["success"], sums[0]["error"]) if sums else Totals(0, 0)
+    images = (sums[0]["images"] if not sums[0]["uncounted"] else None) if sums else 0
+    rows = facets[0]["reasons"] if facets else []
+    reasons = sorted(
+        ((row["_id"], row["count"]) for row in rows if row["count"]),
+        key=lambda pair: (-pair[1], pair[0]),
+    )
+    return totals, reasons, images
+
+
+def image_count(db: Database[Any]) -> int:
+    """From the collection's metadata: O(1) on MongoDB, however many images there are
+    (SecantusDB 0.7 counts them: ``summary``'s count, when it has one, is cheaper)."""
+    return db[IMAGES].estimated_document_count()
+
+
+def run(db: Database, run_id: str) -> dict[str, Any] | None:
+    return db[RUNS].find_one({"_id": run_id}, RUN_FIELDS)
+
+
+def run_page(
+    db: Database, limit: int, after: tuple[datetime, str] | None = None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Up to ``limit`` runs, newest first, after the cursor position; and the next cursor.
+
+    Keyset paging on the (``started_at``, ``_id``) index, as ``image_page``.
+    """
+    return _newest_first(db[RUNS], RUN_FIELDS, RUNS_NEWEST_FIRST, limit, after)
+
+
+def run_totals(db: Database, run: dict[str, Any]) -> RunTotals:
+    """A run's totals: stored when it finished; until then, summed from the minutes it
+    lists (its own counters in each, ``by_run``): a few documents, never its events."""
+    if run.get("finished_at") is not None and run.get("totals"):
+        return RunTotals(**run["totals"])
+    key = field_key(run["_id"])
+    docs = db[MONITORING].find(
+        {"minute": {"$in": run.get("minutes") or []}}, {"_id": 0, f"by_run.{key}": 1}
+    )
+    return sum_counters(doc.get("by_run", {}).get(key, {}) for doc in docs)

@@ -1,0 +1,633 @@
+"""Downloading one URL from a server that may be hostile.
+
+Nothing is left to the server:
+
+- one deadline bounds the whole exchange (DNS, connect, TLS, status line, headers,
+  every redirect hop, every body, retries): a watchdog thread shuts the socket of
+  a URL down at its deadline, so no read can block past it, however slowly the
+  server drips;
+- redirects are followed hop by hop here; a redirect's body is never read (at most
+  a small one that has already arrived, to keep the connection), and every body
+  read counts against ``--max-bytes``, decompressed size included;
+- each hop's host is resolved once, each address checked (``itm.job.urls``), and the
+  connection goes to the address that was checked, so DNS cannot swap it; TLS is
+  still verified against the host name;
+- no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
+  from another URL goes into a request;
+- with a ``HostHand`` (``--per-host``), each hop first holds a token of its host,
+  waiting for it within the deadline (``itm.job.politeness``).
+
+Every way a download can fail ends as one ``Failure`` with a stable ``reason``.
+Connections are pooled per process, keep-alive, and reused across URLs of the
+same host only when pinned to an address this hop checked. Thread-safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import heapq
+import http.client
+import ipaddress
+import itertools
+import os
+import secrets
+import select
+import socket
+import ssl
+import threading
+import time
+import zlib
+from datetime import datetime, timezone
+from typing import Any, Protocol
+from urllib.parse import urljoin
+
+import certifi
+from requests.utils import requote_uri
+
+from itm.config import Settings
+from itm.job.politeness import REFUSALS
+from itm.job.urls import Target, address_refusal, check_url, target_of
+from itm.outcomes import Failure, Reason
+
+# Worth another try: the server or the path to it may be fine a moment later.
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+KEEP_TOKEN = 1.0  # seconds a thread keeps a host's token for its next lines there
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+CHUNK = 64 * 1024
+BACKOFF = 0.25  # seconds before the first retry; doubles each time
+USER_AGENT = "itm/0.1"
+# A redirect body this small that has already arrived is read, so that the
+# connection can carry the next hop; anything else closes it unread.
+DRAIN_BYTES = 4096
+DRAIN_SECONDS = 0.05
+_TLS = ssl.create_default_context(cafile=certifi.where())
+AddrInfo = tuple[Any, ...]  # one answer of socket.getaddrinfo
+
+
+class _Transient(Exception):
+    """A failure that a retry may cure; ``wait`` is the server's Retry-After, if any."""
+
+    def __init__(self, failure: Failure, wait: float = 0.0) -> None:
+        super().__init__(failure)
+        self.failure = failure
+        self.wait = wait
+
+
+class HostGate(Protocol):
+    """Per-host tokens shared by every download of the run (``itm.job.host_gate``)."""
+
+    per_host: int
+
+    def take(
+        self, ticket: int, host: str, seconds: float, statuses: list[int], retry_after: float | None
+    ) -> bool:
+        """Wait up to ``seconds`` for a token of ``host``; False if none came. Gives back
+        the token ``ticket`` held until now, reporting that host's answers since."""
+
+    def give_back(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
+        """Release the token ``ticket`` holds, reporting its host's answers since."""
+
+
+def fetch(line: str, settings: Settings, hand: HostHand | None = None) -> bytes:
+    """The body of the URL on ``line``, or raise ``Failure``.
+
+    Retries only transient faults (connection errors, 429, 502, 503, 504), with
+    exponential backoff or the server's ``Retry-After``, and never past the URL's
+    deadline: a wait that would end past it fails at once. With a ``hand`` (the
+    calling thread's, under ``--per-host``), every hop holds its host's token
+    (waiting for it counts against the deadline); none is held during a pause
+    between two tries; the last one stays in the hand for the thread's next line.
+    """
+    url = check_url(line)
+    with _Exchange(time.monotonic() + settings.deadline, hand or HostHand(None)) as exchange:
+        attempt = 0
+        while True:
+            try:
+                return _attempt(url, exchange, settings)
+            except _Transient as transient:
+                pause = max(BACKOFF * 2**attempt, transient.wait)
+                if attempt == settings.retries or time.monotonic() + pause >= exchange.deadline:
+                    raise transient.failure from None
+                exchange.hand.leave()
+                time.sleep(pause)
+                attempt += 1
+
+
+class _Exchange:
+    """One URL's exchange with its deadline: the watchdog shuts its socket down then."""
+
+    def __init__(self, deadline: float, hand: HostHand) -> None:
+        self.deadline = deadline
+        self.expired = False
+        self.hand = hand
+        self.waited_out = False  # the deadline came while waiting for a host's token
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._done = False
+
+    def __enter__(self) -> _Exchange:
+        _WATCHDOG.add(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._done, self._sock = True, None
+
+    def remaining(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            self.expired = True
+            raise OSError("deadline reached")
+        return left
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """The socket in use now (``None``: none). Call before closing or pooling it."""
+        with self._lock:
+            self._sock = sock
+            if sock is not None and self.expired:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+
+class HostHand:
+    """The per-host token one download thread holds (``--per-host``), if any.
+
+    A hop to another host takes that host's token through the gate (giving this one
+    back: one call). A line on the same host as the thread's last one keeps the
+    token without a call while it is younger than ``KEEP_TOKEN`` seconds, and the
+    host's last answer was no refusal; past that it takes it again, behind whoever
+    waits for that host. The thread gives it back when it has nothing to do
+    (``leave``). Every answer of the host goes back to the gate with the next call,
+    so that a refusing host is backed off.
+    """
+
+    def __init__(self, gate: HostGate | None) -> None:
+        self.gate = gate
+        self.ticket = secrets.randbits(62)
+        self.host: str | None = None
+        self.taken_at = 0.0
+        self.statuses: list[int] = []  # the host's answers not reported yet
+        self.retry_after: float | None = None
+
+    def __enter__(self) -> HostHand:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.leave()
+
+    def enter(self, host: str, exchange: _Exchange) -> None:
+        """Hold ``host``'s token, or raise a timeout once the deadline comes first."""
+        if self.gate is None:
+            return
+        asked = time.monotonic()
+        if (
+            host == self.host
+            and asked - self.taken_at < KEEP_TOKEN
+            and not REFUSALS.intersection(self.statuses)
+        ):
+            return
+        seconds = exchange.deadline - asked
+        granted = seconds > 0 and self.gate.take(
+            self.ticket, host, seconds, self.statuses, self.retry_after
+        )
+        self.host, self.taken_at = (host if granted else None), time.monotonic()
+        self.statuses, self.retry_after = [], None
+        if not granted:
+            exchange.waited_out = True
+            raise Failure(
+                Reason.TIMEOUT,
+                f"waited {time.monotonic() - asked:.1f} s for one of the "
+                f"{self.gate.per_host} download slots of {host} (--per-host), in vain "
+                "within the deadline",
+            )
+
+    def answer(self, response: http.client.HTTPResponse) -> None:
+        if self.host is None:
+            return
+        self.statuses.append(response.status)
+        if response.status in TRANSIENT_STATUSES:
+            self.retry_after = retry_after(response.getheader("Retry-After"))
+
+    def leave(self) -> None:
+        """Give the token back, if any (the thread is idle, or pauses before a retry)."""
+        if self.gate is not None and self.host is not None:
+            self.gate.give_back(self.ticket, self.statuses, self.retry_after)
+            # Nobody waits for the give-back: the next take must not be mistaken for
+            # this ticket if it reaches the gate first.
+            self.ticket = secrets.randbits(62)
+        self.host, self.statuses, self.retry_after = None, [], None
+
+
+def _shut(sock: socket.socket) -> None:
+    """Wake any thread blocked on ``sock``. The plain-socket call also works on a TLS
+    socket without touching its TLS state, which another thread is using."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watchdog:
+    """One thread per process that expires exchanges at their deadlines."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Exchange]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, exchange: _Exchange) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (exchange.deadline, next(self._order), exchange))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="itm-deadline", daemon=True)
+                self._thread.start()
+            if self._heap[0][2] is exchange:
+                self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    heapq.heappop(self._heap)[2].expire()
+                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+
+    def forget_thread(self) -> None:
+        """In a forked child the thread is gone: the next ``add`` starts one."""
+        self._thread = None
+
+
+_WATCHDOG = _Watchdog()
+os.register_at_fork(after_in_child=_WATCHDOG.forget_thread)
+
+
+def _attempt(url: str, exchange: _Exchange, settings: Settings) -> bytes:
+    """One try of the URL, redirects included; every error becomes a ``Failure``.
+
+    Once the deadline has passed, whatever came of the cut connection (a status line
+    cut short that still parses, an empty body) is a timeout.
+    """
+    try:
+        body = _follow(url, exchange, settings)
+    except (Failure, _Transient) as exc:
+        failure: Exception | None = exc
+    except Exception as exc:  # a hostile answer must cost its own line only
+        failure = _failure_of(exc, settings)
+    else:
+        failure = None
+    if exchange.expired and not exchange.waited_out:
+        raise Failure(
+            Reason.TIMEOUT, f"no complete answer within the {settings.deadline:g} s deadline"
+        ) from None
+    if failure is not None:
+        raise failure from None
+    return body
+
+
+def _failure_of(exc: Exception, settings: Settings) -> Failure | _Transient:
+    if isinstance(exc, TimeoutError):
+        return Failure(Reason.TIMEOUT, f"no data for {settings.read_timeout:g} s")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Failure(Reason.CONNECTION_ERROR, f"TLS certificate refused: {exc.verify_message}")
+    if isinstance(exc, (OSError, http.client.IncompleteRead)):  # refused, reset, closed early
+        return _Transient(Failure(Reason.CONNECTION_ERROR, str(exc) or type(exc).__name__))
+    if isinstance(exc, (http.client.HTTPException, zlib.error)):
+        return Failure(Reason.DOWNLOAD_ERROR, f"malformed answer: {type(exc).__name__} {exc}")
+    return Failure(Reason.DOWNLOAD_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
+    """Hop by hop: each hop is resolved, checked and connected to on its own."""
+    for _ in range(settings.max_redirects + 1):
+        target = target_of(url)
+        exchange.hand.enter(target.host, exchange)
+        conn, response = _request(target, exchange, settings)
+        exchange.hand.answer(response)
+        status = response.status
+        location = response.getheader("Location") if status in REDIRECTS else None
+        if status == 200:
+            try:
+                body = _read_body(response, settings)
+            except BaseException:
+                _discard(conn, exchange, response)
+                raise
+            _release(target, conn, response, exchange, settings)
+            return body
+        _finish(target, conn, response, exchange, settings)
+        if location is None:
+            raise _status_failure(response, exchange, settings)
+        # Headers arrive as latin-1; a UTF-8 Location is the common case, spaces happen.
+        location = location.encode("latin-1").decode("utf-8", "replace")
+        url = check_url(requote_uri(urljoin(url, location)))
+    raise Failure(Reason.TOO_MANY_REDIRECTS, f"more than {settings.max_redirects} redirects")
+
+
+def _status_failure(
+    response: http.client.HTTPResponse, exchange: _Exchange, settings: Settings
+) -> Failure | _Transient:
+    code = response.status
+    failure = Failure(Reason.http(code), f"HTTP {code} {response.reason or ''}".strip())
+    if code not in TRANSIENT_STATUSES:
+        return failure
+    wait = retry_after(response.getheader("Retry-After"))
+    if wait is None:
+        return _Transient(failure)
+    if time.monotonic() + wait >= exchange.deadline:
+        return Failure(
+            failure.reason,
+            f"{failure.detail}; Retry-After {wait:g} s is past "
+            f"the {settings.deadline:g} s deadline",
+        )
+    return _Transient(failure, wait)
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+# --- one hop: resolve, check, connect (or reuse), send, read the headers ---------
+
+
+class _Connection(http.client.HTTPConnection):
+    """HTTP/1.1 to one checked address, whatever the host name resolves to later."""
+
+    def __init__(self, ip: str, port: int, timeout: float, exchange: _Exchange) -> None:
+        super().__init__(ip, port, timeout=timeout)
+        self.ip = ip
+        self.exchange = exchange
+
+    def connect(self) -> None:
+        super().connect()
+        self.exchange.watch(self.sock)
+
+
+class _TLSConnection(_Connection):
+    """TLS to the checked address, verified against the host name (SNI and certificate)."""
+
+    def __init__(
+        self, ip: str, port: int, timeout: float, exchange: _Exchange, hostname: str
+    ) -> None:
+        super().__init__(ip, port, timeout, exchange)
+        self.hostname = hostname
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = _TLS.wrap_socket(
+            self.sock, server_hostname=self.hostname, do_handshake_on_connect=False
+        )
+        self.exchange.watch(self.sock)  # the handshake too is bounded by the deadline
+        self.sock.do_handshake()
+
+
+class _Pool:
+    """Idle keep-alive connections per (scheme, host, port), each pinned to its address."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
+
+    def take(self, target: Target, addresses: list[str]) -> _Connection | None:
+        with self._lock:
+            idle = self._idle.get((target.tls, target.host, target.port), [])
+            for i in range(len(idle) - 1, -1, -1):
+                if idle[i].ip in addresses:
+                    conn = idle.pop(i)
+                    break
+            else:
+                return None
+        if _alive(conn.sock):
+            return conn
+        conn.close()
+        return None
+
+    def put(self, target: Target, conn: _Connection, cap: int) -> None:
+        with self._lock:
+            idle = self._idle.setdefault((target.tls, target.host, target.port), [])
+            if len(idle) < cap:
+                idle.append(conn)
+                return
+        conn.close()
+
+
+_POOL = _Pool()
+
+
+def _alive(sock: socket.socket | None) -> bool:
+    """An idle connection is usable while nothing is readable on it (no EOF, no junk)."""
+    if sock is None:
+        return False
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return not poll.poll(0)
+
+
+def _request(
+    target: Target, exchange: _Exchange, settings: Settings
+) -> tuple[_Connection, http.client.HTTPResponse]:
+    addresses = _addresses(target, exchange, settings)
+    conn = _POOL.take(target, addresses)
+    if conn is None:
+        conn = _connect(target, addresses, exchange, settings)
+    else:
+        conn.exchange = exchange
+        exchange.watch(conn.sock)
+    try:
+        return conn, _send(conn, target, exchange, settings)
+    except BaseException:
+        _discard(conn, exchange)
+        raise
+
+
+def _send(
+    conn: _Connection, target: Target, exchange: _Exchange, settings: Settings
+) -> http.client.HTTPResponse:
+    conn.sock.settimeout(min(settings.read_timeout, exchange.remaining()))
+    conn.request(
+        "GET",
+        target.path,
+        headers={
+            "Host": target.host_header,
+            "User-Agent": USER_AGENT,
+            "Accept": "*/*",
+            "Accept-Encoding": "gzip, deflate",
+        },
+    )
+    return conn.getresponse()
+
+
+def _addresses(target: Target, exchange: _Exchange, settings: Settings) -> list[str]:
+    """The addresses of the hop's host that may be connected to, resolved once."""
+    refused: list[tuple[str, str | None]] = []
+    allowed: list[tuple[str, str | None]] = []
+    for address in _resolve(target, exchange):
+        why = address_refusal(ipaddress.ip_address(address), settings)
+        (allowed if why is None else refused).append((address, why))
+    if allowed:
+        return [address for address, _ in allowed]
+    address, why = refused[0]
+    named = f"{address} is" if address == target.host else f"{target.host} resolves to {address},"
+    raise Failure(Reason.BLOCKED_ADDRESS, f"{named} {why}")
+
+
+def _resolve(target: Target, exchange: _Exchange) -> list[str]:
+    """Every address of the host, in the resolver's order. Numeric forms (``127.1``,
+    ``2130706433``, ``0x7f.1``) are read without a lookup; a name is looked up in a
+    thread of its own, so that a slow resolver cannot hold the URL past its deadline."""
+    try:
+        return _sockaddrs(
+            socket.getaddrinfo(
+                target.host, target.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
+            )
+        )
+    except socket.gaierror:
+        pass
+    answer: list[list[AddrInfo] | OSError] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            answer.append(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
+        except OSError as exc:
+            answer.append(exc)
+        done.set()
+
+    threading.Thread(target=lookup, name="itm-dns", daemon=True).start()
+    if not done.wait(exchange.remaining()):
+        exchange.expired = True
+        raise OSError(f"no DNS answer for {target.host}")
+    if isinstance(answer[0], OSError):
+        failure = Failure(Reason.CONNECTION_ERROR, f"cannot resolve {target.host}: {answer[0]}")
+        if getattr(answer[0], "errno", None) == socket.EAI_NONAME:
+            raise failure
+        raise _Transient(failure)
+    return _sockaddrs(answer[0])
+
+
+def _sockaddrs(infos: list[AddrInfo]) -> list[str]:
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def _connect(
+    target: Target, addresses: list[str], exchange: _Exchange, settings: Settings
+) -> _Connection:
+    """A new connection to the first checked address that answers."""
+    error: OSError = OSError("no address")
+    for address in addresses:
+        timeout = min(settings.connect_timeout, exchange.remaining())
+        conn = (
+            _TLSConnection(address, target.port, timeout, exchange, target.host)
+            if target.tls
+            else _Connection(address, target.port, timeout, exchange)
+        )
+        try:
+            conn.connect()
+            return conn
+        except TimeoutError:
+            _discard(conn, exchange)
+            raise Failure(Reason.TIMEOUT, f"no connection within {timeout:g} s") from None
+        except OSError as exc:
+            _discard(conn, exchange)
+            error = exc
+    raise error
+
+
+# --- after the headers: the body, or the connection back to the pool --------------
+
+
+def _read_body(response: http.client.HTTPResponse, settings: Settings) -> bytes:
+    """Stream the body, counting decoded bytes against the limit (Content-Length is only a hint)."""
+    limit = settings.max_bytes
+    declared = response.getheader("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Failure(Reason.TOO_LARGE, f"Content-Length {int(declared):,} is over {limit:,} bytes")
+    decoder = _decoder(response.getheader("Content-Encoding"))
+    body = bytearray()
+    # read1 returns whatever has arrived; the watchdog bounds the wait for it.
+    while chunk := response.read1(CHUNK):
+        if decoder is not None:  # never more than the room left, plus one byte to tell
+            chunk = decoder.decompress(chunk, limit - len(body) + 1)
+        body += chunk
+        if len(body) > limit:
+            raise Failure(
+                Reason.TOO_LARGE,
+                f"body is over {limit:,} bytes"
+                + (" once decompressed" if decoder is not None else ""),
+            )
+    if response.length:  # the connection ended before the Content-Length did
+        raise http.client.IncompleteRead(b"", response.length)
+    return bytes(body)
+
+
+def _decoder(encoding: str | None) -> zlib._Decompress | None:
+    encoding = (encoding or "identity").strip().lower()
+    if encoding == "identity":
+        return None
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        return zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib header
+    raise Failure(Reason.DOWNLOAD_ERROR, f"Content-Encoding {encoding!r} is not supported")
+
+
+def _finish(
+    target: Target,
+    conn: _Connection,
+    response: http.client.HTTPResponse,
+    exchange: _Exchange,
+    settings: Settings,
+) -> None:
+    """Done with an answer that is not the image: keep the connection only if its
+    small body has already arrived; otherwise close it, body unread."""
+    if conn.sock is not None and response.length is not None and response.length <= DRAIN_BYTES:
+        end = time.monotonic() + DRAIN_SECONDS
+        try:
+            conn.sock.settimeout(DRAIN_SECONDS)
+            while response.length and time.monotonic() < end:
+                if not response.read1(DRAIN_BYTES):
+                    break
+        except (OSError, http.client.HTTPException):
+            pass
+    _release(target, conn, response, exchange, settings)
+
+
+def _release(
+    target: Target,
+    conn: _Connection,
+    response: http.client.HTTPResponse,
+    exchange: _Exchange,
+    settings: Settings,
+) -> None:
+    exchange.watch(None)
+    if response.length == 0:  # read to its end: http.client closes it only at EOF
+        response.close()
+    if response.isclosed() and conn.sock is not None and not exchange.expired:
+        # A download task runs up to `concurrency` threads: keep as many connections.
+        _POOL.put(target, conn, settings.concurrency)
+    else:
+        _discard(conn, exchange, response)
+
+
+def _discard(
+    conn: _Connection, exchange: _Exchange, response: http.client.HTTPResponse | None = None
+) -> None:
+    """Close a connection that may be broken or hold an unread body (after unwatching it,
+    so that the watchdog never shuts a socket number that is being reused)."""
+    exchange.watch(None)
+    if response is not None:
+        response.close()
+    conn.close()

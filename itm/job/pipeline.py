@@ -1,0 +1,405 @@
+"""The job on Ray: download → (md5 ∥ grayscale) → writer, in groups, with backpressure.
+
+Each download task takes a chunk of input lines and downloads them in threads. It
+is a streaming generator: it hands over each *group* of lines as soon as they are
+downloaded, so a slow URL holds one thread, never its chunk-mates. Per group the
+driver submits three calls and waits on none of them:
+
+    download_batch ══ group ─┬─> md5_batch ──┐
+    (one chunk, threads)     └─> gray_batch ─┴─> writer.write
+
+The downloaded bytes are numpy arrays in the object store, so ``md5_batch`` and
+``gray_batch`` read the same shared memory in parallel, without copies.
+
+One source of bytes per line: a download task is never re-run by Ray (it would
+fetch new bytes behind our back, e.g. a random picsum photo, after md5 or gray
+read the old ones). When a download task dies, or a group's bytes are lost while
+Ray would still need them (before md5 or gray read them, or to rebuild a grayscale
+lost with its node before the writer read it), the driver downloads those lines
+again as a whole, before the writer has seen any of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import ray
+from ray import ObjectRefGenerator
+from ray.actor import ActorHandle
+
+from itm.config import Settings
+from itm.job.download import HostHand, fetch
+from itm.job.host_gate import HostGate, start_host_tokens
+from itm.job.imaging import GrayImage, grayscale_png, md5_hex
+from itm.job.urls import MAX_URL_LENGTH
+from itm.job.writer import MongoUnavailable
+from itm.outcomes import Counts, Failure, Line, Reason
+
+GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
+GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines
+CHUNK_ROUNDS = 16  # a chunk keeps every thread of its task busy this many times
+ATTEMPTS = 4  # downloads of a line whose task died or whose bytes were lost: as Ray retries
+DOWNLOAD_SHARE = 0.001  # of --download-resource per download task: a node holds many
+BACKSTOP_GRACE = 10.0  # seconds past the deadline before a silent download task is cancelled
+PROGRESS_EVERY = 1.0  # seconds between two heartbeats of the driver (with its oldest lines)
+IN_FLIGHT_SHOWN = 5  # oldest lines in flight the run document shows
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """One line after its download: the bytes (zero-copy in the object store) or why not."""
+
+    data: np.ndarray | None
+    failure: Failure | None = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self.data is None else self.data.nbytes
+
+
+def _download(line: str, settings: Settings, hand: HostHand) -> Downloaded:
+    try:
+        return Downloaded(np.frombuffer(fetch(line, settings, hand), dtype=np.uint8))
+    except Failure as failure:
+        return Downloaded(None, failure)
+
+
+def groups(
+    done: queue.SimpleQueue[tuple[Line, Downloaded]],
+    total: int,
+    size: int,
+    max_bytes: int = GROUP_BYTES,
+    wait: float = GROUP_WAIT,
+) -> Iterator[list[tuple[Line, Downloaded]]]:
+    """Cut ``total`` finished downloads, as they arrive on ``done``, into groups.
+
+    A group goes on at ``size`` lines, at ``max_bytes``, or ``wait`` seconds after
+    its first line arrived: full groups on a fast network, no line held long on a
+    slow one, a bounded group of large images.
+    """
+    remaining = total
+    while remaining:
+        group = [done.get()]
+        weight = group[0][1].size
+        flush_at = time.monotonic() + wait
+        while len(group) < min(size, remaining) and weight < max_bytes:
+            try:
+                group.append(done.get(timeout=max(0.0, flush_at - time.monotonic())))
+            except queue.Empty:
+                break
+            weight += group[-1][1].size
+        remaining -= len(group)
+        yield group
+
+
+# Downloads wait on the network, not on a CPU: they reserve none; the driver bounds
+# how many run (one per node, plus one finishing its slowest lines). SPREAD puts them
+# on every node of a cluster; md5 and gray then run where the bytes are.
+# max_retries=0: see the module's docstring (one source of bytes per line).
+# Each group is two objects: its line numbers (for the driver), then its bytes; the
+# generator pauses while the driver has not taken its last groups (backpressure).
+@ray.remote(  # type: ignore[call-overload,untyped-decorator]  # Ray's stubs lack this option
+    num_cpus=0, scheduling_strategy="SPREAD", max_retries=0, _generator_backpressure_num_objects=4
+)
+def download_batch(
+    lines: list[Line], settings: Settings, threads: int, host_tokens: ActorHandle | None
+) -> Iterator[object]:
+    done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
+    todo: queue.SimpleQueue[Line | None] = queue.SimpleQueue()
+    gate = None if host_tokens is None else HostGate(host_tokens, settings.per_host)
+    # A line is taken only when an earlier one has been handed over: memory stays flat.
+    slots = threading.Semaphore(threads)
+    workers = min(threads, len(lines))
+
+    def work() -> None:
+        """Lines one after another; a thread with none waiting gives its host token back."""
+        with HostHand(gate) as hand:
+            while True:
+                try:
+                    line = todo.get_nowait()
+                except queue.Empty:
+                    hand.leave()
+                    line = todo.get()
+                if line is None:
+                    return
+                done.put((line, _download(line[1], settings, hand)))
+
+    def feed() -> None:
+        for line in lines:
+            slots.acquire()
+            todo.put(line)
+
+    for _ in range(workers):
+        threading.Thread(target=work, name="download", daemon=True).start()
+    threading.Thread(target=feed, daemon=True).start()
+    try:
+        for group in groups(done, len(lines), settings.batch_size):
+            yield [number for (number, _), _ in group]
+            yield [item for _, item in group]
+            for _ in group:
+                slots.release()
+    finally:
+        for _ in range(workers):  # each ends after its current line
+            todo.put(None)
+
+
+# md5 shares the CPU slots with gray although it takes microseconds per image: a
+# task that reserves no CPU gets a new worker process (~1-3 s of CPU to start)
+# whenever none is idle; so the pure steps never need more workers than CPUs.
+@ray.remote(num_cpus=1)
+def md5_batch(batch: list[Downloaded]) -> list[str | None]:
+    return [None if item.data is None else md5_hex(item.data) for item in batch]
+
+
+@ray.remote(num_cpus=1)
+def gray_batch(batch: list[Downloaded], settings: Settings) -> list[GrayImage | Failure]:
+    return [_gray(item, settings) for item in batch]
+
+
+def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
+    if item.failure is not None:
+        return item.failure
+    assert item.data is not None  # a download has its bytes or its failure
+    try:
+        return grayscale_png(item.data, settings.max_pixels, settings.png_level)
+    except Failure as failure:
+        return failure
+    except Exception as exc:  # a decoder bug must not cost the other lines of the batch
+        return Failure(Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
+
+
+@dataclass
+class _Chunk:
+    """A download task in flight: the lines it has not handed over yet."""
+
+    pending: dict[int, str]
+    attempt: int
+    quiet_since: float = field(default_factory=time.monotonic)
+    since: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+def run_batches(
+    lines: Iterable[Line],
+    writer: ActorHandle[Any],
+    run_id: str,
+    settings: Settings,
+    on_batch: Callable[[Counts], None] = lambda counts: None,
+) -> Counts:
+    """Push every line through the pipeline; return the outcomes this call wrote.
+
+    Sizing adapts to the cluster: one download task per node (``concurrency``
+    threads in all), plus one while a task finishes its slowest lines; at most two
+    groups per CPU between download and writer, so the grayscale tasks fill every
+    CPU while memory stays flat however long the input is. That also bounds Ray's
+    worker processes: one per download task, one per CPU, one for the writer.
+    """
+    return _Driver(writer, run_id, settings, on_batch).run(lines)
+
+
+class _Driver:
+    def __init__(
+        self,
+        writer: ActorHandle[Any],
+        run_id: str,
+        settings: Settings,
+        on_batch: Callable[[Counts], None],
+    ) -> None:
+        self.writer, self.run_id, self.settings, self.on_batch = writer, run_id, settings, on_batch
+        resource = settings.download_resource
+        # Download tasks run on the nodes that offer the download resource, if one is set.
+        self.download_batch = (
+            download_batch.options(resources={resource: DOWNLOAD_SHARE})
+            if resource
+            else download_batch
+        )
+        nodes = max(
+            1,
+            sum(
+                1
+                for node in ray.nodes()
+                if node["Alive"] and (resource is None or node["Resources"].get(resource))
+            ),
+        )
+        self.nodes = nodes
+        self.threads = max(1, settings.concurrency // nodes)
+        self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
+        self.settings_ref = ray.put(settings)
+        # One actor for the whole cluster holds the per-host tokens (none for --per-host 0);
+        # a token is a lease of a line's deadline and then some.
+        self.host_tokens = start_host_tokens(settings.per_host, settings.deadline + BACKSTOP_GRACE)
+        self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
+        self.writing: dict[ray.ObjectRef[Counts], tuple[list[Line], int]] = {}
+        self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
+        self.total = Counts()
+        self.reported = 0.0  # monotonic time of the last heartbeat
+
+    def run(self, lines: Iterable[Line]) -> Counts:
+        total = self._run(lines)
+        if self.host_tokens is not None:
+            self._report_hosts()
+        return total
+
+    def _report_hosts(self) -> None:
+        """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
+        try:
+            stats = ray.get(self.host_tokens.stats.remote(), timeout=10)
+        except ray.exceptions.RayError:
+            return
+        backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
+        print(
+            f"itm: --per-host {self.settings.per_host}: {stats['granted']} tokens, "
+            f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; token "
+            f"actor {stats['calls']} calls, {stats['cpu_seconds']:.2f} s CPU",
+            flush=True,
+        )
+
+    def _run(self, lines: Iterable[Line]) -> Counts:
+        chunks = _chunks(lines, self.threads * CHUNK_ROUNDS, self.nodes)
+        exhausted = False
+        while True:
+            while self._room_for_a_download() and (self.again or not exhausted):
+                if self.again:
+                    self._download(*self.again.popleft())
+                elif (part := next(chunks, None)) is not None:
+                    self._download(part, 1)
+                else:
+                    exhausted = True
+            if not self.downloading and not self.writing and not self.again:
+                return self.total
+            has_room = len(self.writing) < self.groups_cap
+            waitables = [*self.downloading, *self.writing] if has_room else [*self.writing]
+            ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
+            now = time.monotonic()
+            for chunk in self.downloading.values():
+                if not has_room:  # the task waits on us, not on the network
+                    chunk.quiet_since = now
+            for ref in ready:
+                if isinstance(ref, ObjectRefGenerator):
+                    self._take_group(ref)
+                else:
+                    self._written(ref)
+            self._backstop(now)
+            if now - self.reported >= PROGRESS_EVERY:
+                self.reported = now
+                # Fire and forget: the writer records it between two batches.
+                self.writer.progress.remote(self.run_id, self._oldest_in_flight())
+
+    def _oldest_in_flight(self) -> list[dict]:
+        """The first lines still pending in the oldest download tasks: a task's threads
+        take its lines in order, so these are the ones downloading for longest."""
+        oldest = []
+        for chunk in sorted(self.downloading.values(), key=lambda chunk: chunk.since):
+            for line, url in itertools.islice(chunk.pending.items(), IN_FLIGHT_SHOWN):
+                oldest.append({"line": line, "url": url[:MAX_URL_LENGTH], "since": chunk.since})
+            if len(oldest) >= IN_FLIGHT_SHOWN:
+                break
+        return oldest[:IN_FLIGHT_SHOWN]
+
+    def _room_for_a_download(self) -> bool:
+        if len(self.writing) >= self.groups_cap or len(self.downloading) > self.nodes:
+            return False
+        # Past one task per node, a new one only while another finishes its last lines.
+        return len(self.downloading) < self.nodes or any(
+            len(chunk.pending) < self.threads for chunk in self.downloading.values()
+        )
+
+    def _download(self, lines: list[Line], attempt: int) -> None:
+        generator = self.download_batch.remote(
+            lines, self.settings_ref, self.threads, self.host_tokens
+        )
+        self.downloading[generator] = _Chunk(dict(lines), attempt)
+
+    def _take_group(self, generator: ObjectRefGenerator) -> None:
+        chunk = self.downloading[generator]
+        try:
+            numbers = ray.get(next(generator))
+            data = next(generator)
+        except StopIteration:
+            del self.downloading[generator]
+            self._retry(list(chunk.pending.items()), chunk.attempt)  # empty unless a bug
+            return
+        except ray.exceptions.RayError as exc:  # the task died: its worker, its node
+            del self.downloading[generator]
+            self._retry(list(chunk.pending.items()), chunk.attempt, exc)
+            return
+        group = [(number, chunk.pending.pop(number)) for number in numbers]
+        chunk.quiet_since = time.monotonic()
+        md5s = md5_batch.remote(data)
+        grays = gray_batch.remote(data, self.settings_ref)
+        self.writing[self.writer.write.remote(self.run_id, group, md5s, grays)] = (
+            group,
+            chunk.attempt,
+        )
+
+    def _written(self, ref: ray.ObjectRef[Counts]) -> None:
+        group, attempt = self.writing.pop(ref)
+        try:
+            counts = ray.get(ref)
+        except (MongoUnavailable, ray.exceptions.RayActorError):
+            raise  # the writer itself is gone or gave up: the job cannot go on
+        except ray.exceptions.RayError as exc:
+            # md5 or gray failed for good, or the group's bytes were lost: the writer
+            # has seen none of these lines; download them again, as a whole.
+            self._retry(group, attempt, exc)
+            return
+        self.total.add(counts)
+        self.on_batch(counts)
+
+    def _retry(self, lines: list[Line], attempt: int, error: Exception | None = None) -> None:
+        if not lines:
+            return
+        if attempt < ATTEMPTS:
+            self.again.append((lines, attempt + 1))
+            return
+        text = str(error).strip()
+        detail = text.splitlines()[-1] if text else type(error).__name__
+        self._record(lines, Failure(Reason.WORKER_FAILED, f"a task of this batch failed: {detail}"))
+
+    def _record(self, lines: list[Line], failure: Failure) -> None:
+        """Write lines that have no bytes as errors."""
+        ref = self.writer.write.remote(
+            self.run_id, lines, [None] * len(lines), [failure] * len(lines)
+        )
+        self.writing[ref] = (lines, ATTEMPTS)
+
+    def _backstop(self, now: float) -> None:
+        """Cancel a download task silent for longer than any line may take; its lines time out.
+
+        Every line ends within its deadline, so a task with lines left always hands
+        over a group by then: one that does not is stuck (a thread in C code, a node
+        that died without Ray noticing yet).
+        """
+        limit = self.settings.deadline + BACKSTOP_GRACE
+        for generator, chunk in list(self.downloading.items()):
+            if now - chunk.quiet_since > limit:
+                ray.cancel(generator, force=True)
+                del self.downloading[generator]
+                self._record(
+                    list(chunk.pending.items()),
+                    Failure(
+                        Reason.TIMEOUT,
+                        f"no answer within the {self.settings.deadline:g} s deadline "
+                        f"(download task cancelled after {limit:g} s)",
+                    ),
+                )
+
+
+def _chunks(lines: Iterable[Line], size: int, parts: int) -> Iterator[list[Line]]:
+    """Chunks of ``size`` lines; an input shorter than ``parts`` chunks is cut in ``parts``
+    equal ones instead, so that a short job still downloads on every node."""
+    iterator = iter(lines)
+    head = list(itertools.islice(iterator, size * parts))
+    step = size if len(head) == size * parts else max(1, -(-len(head) // parts))
+    for start in range(0, len(head), step):
+        yield head[start : start + step]
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,99 @@
+"""Re-running what failed: the failed lines of a run, read again from its input file.
+
+Events keep a redacted, truncated URL; the input file keeps the line itself. So a
+retry streams the failed line numbers of the run from ``events`` (in line order, a
+window of lines at a time) and merge-joins them with a streaming read of the input: the URLs
+come from the file, the line numbers stay the original ones, and the driver holds
+one window of numbers and one line at a time, however long the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pymongo.database import Database
+
+from itm import store
+from itm.job.fingerprint import fingerprint
+from itm.job.lines import Line, count_lines, read_lines
+from itm.outcomes import reason_matches
+
+
+@dataclass(frozen=True)
+class Retry:
+    """What a retry run processes: the failed lines of ``of`` (for ``reasons``, or all)."""
+
+    of: str
+    reasons: list[str] | None
+    urls: Path  # the input file of ``of``
+
+    def failed(self) -> dict[str, Any]:
+        """Which events of ``of`` to process again, as a MongoDB filter."""
+        query: dict[str, Any] = {"status": "error"}
+        if self.reasons:
+            query["reason"] = {"$in": reason_matches(self.reasons)}
+        return query
+
+    def count(self, db: Database) -> int:
+        """How many lines the retry processes in all (counted in MongoDB, never loaded)."""
+        return db[store.EVENTS].count_documents({"run_id": self.of, **self.failed()})
+
+    def lines(self, db: Database, done: Container[int]) -> Iterator[Line]:
+        """The lines to process, from the input file, without those ``in done``."""
+        # The run's lines end with its input's: every window up to there is read, even
+        # one where no line failed.
+        events = store.events_by_line(db, self.of, {}, self.failed(), count_lines(self.urls))
+        return merge((event["line"] for event in events), read_lines(self.urls, done))
+
+
+def merge(numbers: Iterable[int], lines: Iterable[Line]) -> Iterator[Line]:
+    """The ``lines`` whose number is in ``numbers``; both ascending, both streamed."""
+    lines = iter(lines)
+    line = next(lines, None)
+    for number in numbers:
+        while line is not None and line[0] < number:
+            line = next(lines, None)
+        if line is None:
+            return
+        if line[0] == number:
+            yield line
+
+
+def plan_retry(db: Database, retry_of: str, reasons: list[str] | None, force: bool) -> Retry:
+    """The retry of ``retry_of``; ``ValueError`` if that run, or its unchanged input, is gone.
+
+    The input must be the very file the run read (same fingerprint): line numbers of
+    another file name other URLs. ``force`` takes the file as it is.
+    """
+    run = db[store.RUNS].find_one({"_id": retry_of}, {"input": 1, "fingerprint": 1})
+    if run is None:
+        raise ValueError(f"no run {retry_of!r} to retry in database {db.name!r}")
+    urls = Path(run["input"])
+    if not urls.is_file():
+        raise ValueError(
+            f"the input file of run {retry_of}, {urls}, is gone: a retry reads "
+            "the failed lines from it again"
+        )
+    known, now = run.get("fingerprint"), fingerprint(urls)
+    if known and known != now and not force:
+        raise ValueError(
+            f"{urls} is not the file run {retry_of} read (size or content "
+            f"changed: {known} then, {now} now); restore it, or pass "
+            "--force-resume to retry its line numbers in the file as it is"
+        )
+    return Retry(retry_of, reasons, urls)
+
+
+def resumed_retry(db: Database, run_id: str, force: bool) -> Retry | None:
+    """The retry a resumed run carries on, or ``None`` when it is not a retry run.
+
+    A retry run remembers what it retries (``retry_of``, ``reasons``), so its resume
+    processes the same failed lines, minus those it has done.
+    """
+    run = db[store.RUNS].find_one({"_id": run_id}, {"retry_of": 1, "reasons": 1})
+    if run is None or not run.get("retry_of"):
+        return None
+    return plan_retry(db, run["retry_of"], run.get("reasons"), force)

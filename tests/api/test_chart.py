@@ -1,0 +1,86 @@
+"""The histogram PNG: a real chart with both series, a readable empty state, thread safety."""
+
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import numpy as np
+from PIL import Image
+
+from itm.api.chart import (
+    DPI,
+    ERROR_COLOR,
+    SIZE_INCHES,
+    SUCCESS_COLOR,
+    histogram_png,
+    render_histogram,
+)
+from itm.api.histogram import Bucket
+from itm.store import MINUTE
+
+T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
+SIZE = (int(SIZE_INCHES[0] * DPI), int(SIZE_INCHES[1] * DPI))
+
+
+def pixels(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    assert image.size == SIZE
+    return np.asarray(image.convert("RGB"))
+
+
+def count_color(rgb: np.ndarray, color: str) -> int:
+    wanted = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(rgb.astype(int) - wanted).sum(axis=2) < 30).sum())
+
+
+LEGEND_SWATCH = 300  # pixels: at most what the legend's own patch of a color takes
+
+
+def buckets(n: int, seed: int = 0) -> list[Bucket]:
+    rng = np.random.default_rng(seed)
+    return [
+        Bucket(T0 + i * MINUTE, int(rng.integers(0, 9)), int(rng.integers(0, 4))) for i in range(n)
+    ]
+
+
+def test_chart_draws_both_series() -> None:
+    rgb = pixels(render_histogram(buckets(30)))
+    assert count_color(rgb, SUCCESS_COLOR) > 10 * LEGEND_SWATCH
+    assert count_color(rgb, ERROR_COLOR) > 3 * LEGEND_SWATCH
+
+
+def test_a_day_of_minutes_renders() -> None:
+    rgb = pixels(render_histogram(buckets(24 * 60)))
+    assert count_color(rgb, SUCCESS_COLOR) > 10 * LEGEND_SWATCH
+
+
+def test_all_zero_buckets_draw_no_bars() -> None:
+    rgb = pixels(render_histogram([Bucket(T0, 0, 0), Bucket(T0 + MINUTE, 0, 0)]))
+    assert 0 < count_color(rgb, SUCCESS_COLOR) < LEGEND_SWATCH
+    assert 0 < count_color(rgb, ERROR_COLOR) < LEGEND_SWATCH
+
+
+def test_empty_chart_says_so() -> None:
+    rgb = pixels(render_histogram([]))
+    assert count_color(rgb, SUCCESS_COLOR) == 0
+    dark = (rgb.sum(axis=2) < 300).sum()
+    assert dark > 200  # the title and the message are there
+    assert render_histogram([], empty_message="no data in this window") != render_histogram([])
+
+
+def test_concurrent_renders_do_not_interfere() -> None:
+    inputs = [buckets(20, seed) for seed in range(4)] * 3
+    alone = [render_histogram(b) for b in inputs[:4]]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(render_histogram, inputs))
+    assert together == alone * 3
+
+
+def test_histogram_png_draws_each_input_once() -> None:
+    first = histogram_png(buckets(10))
+    assert first == render_histogram(buckets(10))
+    assert histogram_png(buckets(10)) is first
+    assert histogram_png(buckets(10, seed=1)) != first

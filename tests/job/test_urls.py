@@ -1,0 +1,49 @@
+"""The URL check: only http(s) URLs with a host get past it."""
+
+from __future__ import annotations
+
+import pytest
+
+from itm.job.urls import check_url
+from itm.outcomes import Failure
+
+
+@pytest.mark.parametrize(
+    "line, url",
+    [
+        ("https://picsum.photos/200/300", "https://picsum.photos/200/300"),
+        ("  http://127.0.0.1:8080/a.jpg \r\n", "http://127.0.0.1:8080/a.jpg"),
+        ("HTTPS://Example.com/x?y=1#z", "HTTPS://Example.com/x?y=1#z"),
+        ("http://[::1]:5000/a.png", "http://[::1]:5000/a.png"),
+    ],
+)
+def test_accepts_http_and_https(line: str, url: str) -> None:
+    assert check_url(line) == url
+
+
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("", "empty"),
+        ("   \t", "empty"),
+        ("file:///etc/passwd", "scheme 'file'"),
+        ("ftp://example.com/a.jpg", "scheme 'ftp'"),
+        ("javascript:alert(1)", "scheme 'javascript'"),
+        ("picsum.photos/200/300", "scheme none"),
+        ("//picsum.photos/200/300", "scheme none"),
+        ("http://", "no host"),
+        ("http:///path", "no host"),
+        ("http://host:99999/a", "malformed"),
+        ("http://host:abc/a", "malformed"),
+        ("http://host:0/a", "port 0"),
+        ("http://exa mple.com/a", "whitespace"),
+        ("http://example.com/\x00", "control"),
+        ("http://example.com/\ufffd", "UTF-8"),
+        ("http://example.com/" + "a" * 3000, "longer"),
+    ],
+)
+def test_refuses_everything_else(line: str, words: str) -> None:
+    with pytest.raises(Failure) as caught:
+        check_url(line)
+    assert caught.value.reason == "invalid_url"
+    assert words in caught.value.detail

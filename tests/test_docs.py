@@ -1,0 +1,108 @@
+"""The docs cover the code: every setting, every reason, every route, every link.
+
+In the manner of datasette's ``test_docs.py``: adding a setting, a reason or a route
+without documenting it fails here, with the name of what is missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+from fastapi.routing import APIRoute
+
+from itm.api import create_app
+from itm.config import Settings
+from itm.outcomes import REASONS
+from tests.support.jobs import ROOT
+
+README = (ROOT / "README.md").read_text()
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def section(text: str, heading: str) -> str:
+    """The body of the section whose heading line is ``heading``, up to the next one."""
+    body = text.split(f"\n{heading}\n", 1)[1]
+    return re.split(r"\n#{1,3} ", body, maxsplit=1)[0]
+
+
+def first_cells(table: str) -> list[str]:
+    return [
+        cell for cell in re.findall(r"^\| ?([^|]+?) ?\|", table, re.MULTILINE) if cell.strip("-")
+    ]
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(Settings)])
+def test_every_setting_is_in_the_configuration_table(name: str) -> None:
+    flags = {
+        flag
+        for cell in first_cells(section(README, "### Configuration"))
+        for flag in re.findall(r"--([a-z-]+)", cell)
+    }
+    assert name.replace("_", "-") in flags
+
+
+def test_the_configuration_table_names_only_real_settings() -> None:
+    names = {f.name.replace("_", "-") for f in dataclasses.fields(Settings)}
+    flags = {
+        flag.removeprefix("no-")
+        for cell in first_cells(section(README, "### Configuration"))
+        for flag in re.findall(r"--([a-z-]+)", cell)
+    }
+    assert flags - names == set()
+
+
+def test_the_outcomes_table_lists_every_reason() -> None:
+    listed = {cell.strip("`") for cell in first_cells(section(README, "### Outcomes"))}
+    assert listed - {"reason"} == set(REASONS)
+
+
+def test_every_route_is_in_the_routes_table() -> None:
+    rows = {
+        cell.strip("`").split("?")[0]: row
+        for row, cell in (
+            (line, first_cells(line + "\n")[0])
+            for line in section(README, "### Routes").splitlines()
+            if line.startswith("| `")
+        )
+    }
+    app = create_app(Settings(mongo_uri="mongodb://127.0.0.1:9/"))
+    missing = []
+    for route in app.routes:
+        if not isinstance(route, APIRoute):
+            continue  # /openapi.json and /docs: FastAPI's own, documented as /docs
+        for method in route.methods - {"HEAD"}:
+            if f"{method} {route.path}" not in rows:
+                missing.append(f"{method} {route.path}")
+        if "HEAD" in route.methods and "HEAD" not in rows.get(f"GET {route.path}", ""):
+            missing.append(f"HEAD {route.path}")
+    assert missing == []
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_relative_link_leads_somewhere(doc: Path) -> None:
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md":
+            headings = re.findall(r"^#+ (.+)$", file.read_text(), re.MULTILINE)
+            if anchor not in {slug(heading) for heading in headings}:
+                broken.append(target)
+    assert broken == []
+
+
+def test_the_readme_points_to_every_doc() -> None:
+    for doc in DOCS[1:]:
+        assert f"](docs/{doc.name})" in README, doc.name

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from typing import Any
 
 import ray
 from pymongo.database import Database
@@ -112,7 +113,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     return totals, time.perf_counter() - started
 
 
-def _retry(settings: Settings, db: Database, run_id: str) -> Retry | None:
+def _retry(settings: Settings, db: Database[Any], run_id: str) -> Retry | None:
     """What this run retries: ``--retry-failed``, or the retry a resumed run started."""
     if settings.retry_failed:
         reasons = parse_reasons(settings.reasons) if settings.reasons else None
@@ -208,6 +209,7 @@ class Services:
 
     def _open_mongo(self) -> str:
         uri = self.embedded.start() if self.embedded is not None else self.settings.mongo_uri
+        assert uri is not None  # no URI: the embedded server
         check_mongo(uri)
         return uri
 

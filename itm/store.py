@@ -81,7 +81,7 @@ WINDOW = 10_000  # line numbers per query when a whole run is read
 
 
 def events_by_line(
-    db: Database,
+    db: Database[Any],
     run_id: str,
     projection: dict[str, Any],
     query: dict[str, Any] | None = None,
@@ -104,7 +104,7 @@ def events_by_line(
 
 
 def by_window(
-    db: Database,
+    db: Database[Any],
     run_id: str,
     read: Callable[[dict[str, Any]], Iterable[T]],
     last: int | None = None,

@@ -150,7 +150,7 @@ def bounded(request: Request) -> AbstractContextManager[None]:
     return mongo_timeout(request.app.state.read_timeout)
 
 
-def _fail_fast_when_down(client: MongoClient) -> None:
+def _fail_fast_when_down(client: MongoClient[Any]) -> None:
     """Ping within ``DOWN_PROBE_S`` when the last contact with MongoDB failed.
 
     Without it, every request would wait its whole time limit in server selection
@@ -324,7 +324,7 @@ def monitoring(
     return Response(histogram_png(buckets, empty), media_type=PNG)
 
 
-def _runs(request: Request, db: Database, docs: Sequence[dict[str, Any]]) -> list[Run]:
+def _runs(request: Request, db: Database[Any], docs: Sequence[dict[str, Any]]) -> list[Run]:
     now = datetime.now(timezone.utc)
     return [
         runview.view(

@@ -136,7 +136,11 @@ def image_page(
         before = {"$lt": newest}
     docs = newer
     for window in (*(PAGE_WINDOWS if newest is not None else ()), None):
-        bounds = before if window is None else {**before, "$gte": newest - window}
+        if window is None:
+            bounds = before
+        else:
+            assert newest is not None  # windows are tried only below a newest image
+            bounds = {**before, "$gte": newest - window}
         docs = newer + _cards(db, {"inserted_at": bounds} if bounds else {}, limit + 1)
         if len(docs) > limit:
             last_card = docs[limit - 1]
@@ -144,14 +148,14 @@ def image_page(
     return docs, None
 
 
-def _cards(db: Database, query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
+def _cards(db: Database[Any], query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     """The first ``limit`` images of ``query``, newest first: separate index ranges, not an
     ``$or`` (SecantusDB 0.7 scans the collection for one)."""
     return list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit))
 
 
 def _newest_first(
-    collection: Collection,
+    collection: Collection[Any],
     fields: dict[str, int],
     order: list[tuple[str, int]],
     limit: int,
@@ -261,12 +265,12 @@ def image_count(db: Database[Any]) -> int:
     return db[IMAGES].estimated_document_count()
 
 
-def run(db: Database, run_id: str) -> dict[str, Any] | None:
+def run(db: Database[Any], run_id: str) -> dict[str, Any] | None:
     return db[RUNS].find_one({"_id": run_id}, RUN_FIELDS)
 
 
 def run_page(
-    db: Database, limit: int, after: tuple[datetime, str] | None = None
+    db: Database[Any], limit: int, after: tuple[datetime, str] | None = None
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``limit`` runs, newest first, after the cursor position; and the next cursor.
 
@@ -275,7 +279,7 @@ def run_page(
     return _newest_first(db[RUNS], RUN_FIELDS, RUNS_NEWEST_FIRST, limit, after)
 
 
-def run_totals(db: Database, run: dict[str, Any]) -> RunTotals:
+def run_totals(db: Database[Any], run: dict[str, Any]) -> RunTotals:
     """A run's totals: stored when it finished; until then, summed from the minutes it
     lists (its own counters in each, ``by_run``): a few documents, never its events."""
     if run.get("finished_at") is not None and run.get("totals"):

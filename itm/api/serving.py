@@ -103,7 +103,7 @@ def api_application(settings: Settings) -> Application:
     """The bound deployment, with the request bounds of ``settings``; fails here, before
     any replica starts, without a MongoDB URI."""
     require_mongo_uri(settings)
-    bounds = ApiDeployment.options(
+    bounds = ApiDeployment.options(  # type: ignore[attr-defined]
         max_ongoing_requests=settings.api_max_ongoing, max_queued_requests=settings.api_max_queued
     )
     return bounds.bind(settings)  # type: ignore[no-any-return]  # Serve's decorators are untyped

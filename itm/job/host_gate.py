@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
+from typing import Any
 
 import ray
 from ray.actor import ActorHandle
@@ -25,13 +26,13 @@ GRACE = 5.0  # seconds a take may exceed its wait on the caller's side (the acto
 
 # max_concurrency: every download thread of the cluster may be waiting in a take at
 # once, and give-backs must still get in (Ray's default for async actors is 1,000).
-@ray.remote(num_cpus=0, max_restarts=3, max_concurrency=100_000)
+@ray.remote(num_cpus=0, max_restarts=3, max_concurrency=100_000)  # type: ignore[call-overload]  # Ray's stubs lack it
 class HostTokenActor:
     """``HostTokens`` behind an asyncio loop: a waiting take is a future, woken when its
     host grants it a token or its time is up."""
 
     def __init__(self, per_host: int, lease: float) -> None:
-        self.futures: dict[int, asyncio.Future] = {}
+        self.futures: dict[int, asyncio.Future[bool]] = {}
         self.timer: asyncio.TimerHandle | None = None
         self._start(per_host, lease)
 
@@ -82,7 +83,7 @@ class HostTokenActor:
         self.tokens.give_back(ticket, time.monotonic())
         self._dispatch()
 
-    async def stats(self) -> dict:
+    async def stats(self) -> dict[str, Any]:
         return asdict(self.tokens.stats) | {
             "calls": self.calls,
             "cpu_seconds": time.process_time() - self.cpu_started,
@@ -114,7 +115,7 @@ class HostTokenActor:
 class HostGate:
     """What a download thread holds: ``itm.job.download.HostGate`` over the actor."""
 
-    def __init__(self, actor: ActorHandle, per_host: int) -> None:
+    def __init__(self, actor: ActorHandle[Any], per_host: int) -> None:
         self.actor = actor
         self.per_host = per_host
 
@@ -123,7 +124,7 @@ class HostGate:
     ) -> bool:
         ref = self.actor.take.remote(ticket, host, seconds, statuses, retry_after)
         try:
-            return ray.get(ref, timeout=seconds + GRACE)
+            return bool(ray.get(ref, timeout=seconds + GRACE))
         except ray.exceptions.GetTimeoutError:
             self.give_back(ticket, [], None)
             return False
@@ -134,7 +135,7 @@ class HostGate:
         self.actor.give_back.remote(ticket, statuses, retry_after)  # nobody waits for it
 
 
-def start_host_tokens(per_host: int, lease: float) -> ActorHandle | None:
+def start_host_tokens(per_host: int, lease: float) -> ActorHandle[Any] | None:
     """The run's token actor, or ``None`` for ``--per-host 0`` (unlimited: no actor).
 
     The next run of the same driver process (tests, a notebook) reuses the actor,
@@ -142,6 +143,8 @@ def start_host_tokens(per_host: int, lease: float) -> ActorHandle | None:
     """
     if not per_host:
         return None
-    actor = HostTokenActor.options(name=ACTOR_NAME, get_if_exists=True).remote(per_host, lease)
+    actor: ActorHandle[Any] = HostTokenActor.options(  # type: ignore[attr-defined]
+        name=ACTOR_NAME, get_if_exists=True
+    ).remote(per_host, lease)
     ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it
     return actor

@@ -111,7 +111,7 @@ def groups(
     num_cpus=0, scheduling_strategy="SPREAD", max_retries=0, _generator_backpressure_num_objects=4
 )
 def download_batch(
-    lines: list[Line], settings: Settings, threads: int, host_tokens: ActorHandle | None
+    lines: list[Line], settings: Settings, threads: int, host_tokens: ActorHandle[Any] | None
 ) -> Iterator[object]:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
     todo: queue.SimpleQueue[Line | None] = queue.SimpleQueue()
@@ -250,8 +250,9 @@ class _Driver:
 
     def _report_hosts(self) -> None:
         """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
+        assert self.host_tokens is not None
         try:
-            stats = ray.get(self.host_tokens.stats.remote(), timeout=10)
+            stats: dict[str, Any] = ray.get(self.host_tokens.stats.remote(), timeout=10)
         except ray.exceptions.RayError:
             return
         backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
@@ -293,7 +294,7 @@ class _Driver:
                 # Fire and forget: the writer records it between two batches.
                 self.writer.progress.remote(self.run_id, self._oldest_in_flight())
 
-    def _oldest_in_flight(self) -> list[dict]:
+    def _oldest_in_flight(self) -> list[dict[str, Any]]:
         """The first lines still pending in the oldest download tasks: a task's threads
         take its lines in order, so these are the ones downloading for longest."""
         oldest = []

@@ -35,7 +35,7 @@ def pause_of(score: int) -> float:
     """Seconds between two starts to a host with this refusal score."""
     if score < REFUSALS_BEFORE_BACKOFF:
         return 0.0
-    return min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (score - REFUSALS_BEFORE_BACKOFF))
+    return min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (score - REFUSALS_BEFORE_BACKOFF))
 
 
 @dataclass

@@ -72,12 +72,13 @@ def _as_minimal_install() -> ImportError:
 def _lean_node() -> Iterator[None]:
     """While ``ray.init`` starts a local Ray: a ``_LeanNode``, its dashboard agent minimal."""
     saved = ray._private.node.Node, ray._private.utils.get_dashboard_dependency_error
-    ray._private.node.Node = _LeanNode
+    ray._private.node.Node = _LeanNode  # type: ignore[misc]
     ray._private.utils.get_dashboard_dependency_error = _as_minimal_install
     try:
         yield
     finally:
-        ray._private.node.Node, ray._private.utils.get_dashboard_dependency_error = saved
+        node, ray._private.utils.get_dashboard_dependency_error = saved
+        ray._private.node.Node = node  # type: ignore[misc]
 
 
 def init_ray(

@@ -18,8 +18,8 @@ from pymongo.database import Database
 
 from itm import store
 from itm.job.fingerprint import fingerprint
-from itm.job.lines import Line, count_lines, read_lines
-from itm.outcomes import reason_matches
+from itm.job.lines import count_lines, read_lines
+from itm.outcomes import Line, reason_matches
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,11 @@ class Retry:
             query["reason"] = {"$in": reason_matches(self.reasons)}
         return query
 
-    def count(self, db: Database) -> int:
+    def count(self, db: Database[Any]) -> int:
         """How many lines the retry processes in all (counted in MongoDB, never loaded)."""
         return db[store.EVENTS].count_documents({"run_id": self.of, **self.failed()})
 
-    def lines(self, db: Database, done: Container[int]) -> Iterator[Line]:
+    def lines(self, db: Database[Any], done: Container[int]) -> Iterator[Line]:
         """The lines to process, from the input file, without those ``in done``."""
         # The run's lines end with its input's: every window up to there is read, even
         # one where no line failed.
@@ -62,7 +62,7 @@ def merge(numbers: Iterable[int], lines: Iterable[Line]) -> Iterator[Line]:
             yield line
 
 
-def plan_retry(db: Database, retry_of: str, reasons: list[str] | None, force: bool) -> Retry:
+def plan_retry(db: Database[Any], retry_of: str, reasons: list[str] | None, force: bool) -> Retry:
     """The retry of ``retry_of``; ``ValueError`` if that run, or its unchanged input, is gone.
 
     The input must be the very file the run read (same fingerprint): line numbers of
@@ -87,7 +87,7 @@ def plan_retry(db: Database, retry_of: str, reasons: list[str] | None, force: bo
     return Retry(retry_of, reasons, urls)
 
 
-def resumed_retry(db: Database, run_id: str, force: bool) -> Retry | None:
+def resumed_retry(db: Database[Any], run_id: str, force: bool) -> Retry | None:
     """The retry a resumed run carries on, or ``None`` when it is not a retry run.
 
     A retry run remembers what it retries (``retry_of``, ``reasons``), so its resume

@@ -201,7 +201,7 @@ class MongoWriter:
                     "file, or pass --force-resume to resume anyway"
                 )
             done = self._settle_run(run_id)
-            reopened = {
+            reopened: dict[str, Any] = {
                 "finished_at": None,
                 "heartbeat": now,
                 "in_flight": [],
@@ -214,7 +214,7 @@ class MongoWriter:
 
         return self._retrying(start)
 
-    def progress(self, run_id: str, in_flight: list[dict]) -> None:
+    def progress(self, run_id: str, in_flight: list[dict[str, Any]]) -> None:
         """The driver's heartbeat: it is alive, and these lines are its oldest in flight
         (``line``, ``url``, ``since``). A run whose heartbeat stops, unfinished, lost its
         driver."""

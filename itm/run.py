@@ -221,7 +221,7 @@ class Services:
 
             apply_serve_env(settings)  # read by Serve's processes as they start
         try:
-            self.dashboard = init_ray(settings.ray_address, dashboard)
+            self.dashboard = init_ray(settings.ray_address, dashboard, lean=not settings.serve)
         except ConnectionError as exc:
             raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
         self.our_ray = True

@@ -82,11 +82,13 @@ def _lean_node() -> Iterator[None]:
 
 
 def init_ray(
-    address: str | None, dashboard: bool = True, num_cpus: int | None = None
+    address: str | None, dashboard: bool = True, num_cpus: int | None = None, lean: bool = True
 ) -> str | None:
     """Connect to ``address`` (``auto``, ``ray://…``, ``host:port``) or start a local Ray.
 
-    For a local Ray, environment variables the user set win over ``LOCAL_ENV``.
+    For a local Ray, environment variables the user set win over ``LOCAL_ENV``. Without
+    a dashboard it is lean (``_lean_node``) unless ``lean`` is false: a run that serves
+    the API keeps Ray's full set of services, as Serve was tested on.
     Returns the dashboard URL, if a dashboard runs.
     """
     if address:
@@ -99,7 +101,7 @@ def init_ray(
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
     # address="local": always a new Ray of our own, never one that a `ray start` or a
     # test cluster left recorded in /tmp/ray (that is what --ray-address auto is for).
-    with contextlib.nullcontext() if dashboard else _lean_node():
+    with _lean_node() if lean and not dashboard else contextlib.nullcontext():
         return _dashboard(
             ray.init(
                 address="local",

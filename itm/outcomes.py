@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -112,12 +112,16 @@ def parse_reasons(spec: str) -> list[str]:
     return reasons
 
 
-def reason_matches(reasons: list[str]) -> list[str | re.Pattern[str]]:
-    """What ``reason`` may equal, for a MongoDB ``$in``: names, and a pattern per class."""
-    return [
-        re.compile(rf"^http_{m.group(1)}\d\d$") if (m := HTTP_CLASS.fullmatch(r)) else r
-        for r in reasons
-    ]
+def reason_filter(reasons: list[str] | None) -> Callable[[str], bool]:
+    """Whether a stored reason is one of ``reasons`` (``http_5xx`` names a class); any if None."""
+    if not reasons:
+        return lambda reason: True
+    names = {r for r in reasons if not HTTP_CLASS.fullmatch(r)}
+    classes = tuple(f"http_{r[5]}" for r in reasons if HTTP_CLASS.fullmatch(r))
+    return lambda reason: (
+        reason in names
+        or (HTTP_STATUS.fullmatch(reason) is not None and reason.startswith(classes))
+    )
 
 
 def describe(reason: str) -> str:

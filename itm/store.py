@@ -81,25 +81,14 @@ WINDOW = 10_000  # line numbers per query when a whole run is read
 
 
 def events_by_line(
-    db: Database[Any],
-    run_id: str,
-    projection: dict[str, Any],
-    query: dict[str, Any] | None = None,
-    last: int | None = None,
+    db: Database[Any], run_id: str, projection: dict[str, Any]
 ) -> Iterator[dict[str, Any]]:
-    """The run's events (those matching ``query``) in line order, by windows of lines.
-
-    With a ``query``, give the run's ``last`` line: a window may then hold no match
-    without being a gap in the run (see ``by_window``).
-    """
+    """The run's events in line order, by windows of lines (see ``by_window``)."""
     projection = {"_id": 0, "line": 1, **projection}
     return by_window(
         db,
         run_id,
-        lambda window: (
-            db[EVENTS].find({**window, **(query or {})}, projection).sort("line", ASCENDING)
-        ),
-        last,
+        lambda window: db[EVENTS].find(window, projection).sort("line", ASCENDING),
     )
 
 
@@ -107,23 +96,21 @@ def by_window(
     db: Database[Any],
     run_id: str,
     read: Callable[[dict[str, Any]], Iterable[T]],
-    last: int | None = None,
 ) -> Iterator[T]:
     """``read`` over the run's events, ``WINDOW`` line numbers per query, in line order.
 
     No query touches more than a window's events, however long the run: SecantusDB
     fetches and sorts every match of a query before its ``limit`` (a page of a
     million-line run took minutes), and answers nothing else meanwhile, so pymongo's
-    heartbeat gives up and cancels the query. Up to ``last`` when given; otherwise an
-    empty window (a gap in the run's lines) is followed by a jump to the next line
-    that has an event, or the end.
+    heartbeat gives up and cancels the query. An empty window (a gap in the run's
+    lines) is followed by a jump to the next line that has an event, or the end.
     """
     after = 0
-    while last is None or after < last:
+    while True:
         found = list(read({"run_id": run_id, "line": {"$gt": after, "$lte": after + WINDOW}}))
         yield from found
         after += WINDOW
-        if not found and last is None:
+        if not found:
             following = db[EVENTS].find_one(
                 {"run_id": run_id, "line": {"$gt": after}},
                 {"_id": 0, "line": 1},

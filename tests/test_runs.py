@@ -23,9 +23,9 @@ from itm.api import create_app
 from itm.api.runview import STALE_AFTER, status
 from itm.config import Settings
 from itm.job.fingerprint import fingerprint
-from itm.job.retry import merge
+from itm.job.retry import Retry, merge
 from itm.job.writer import MongoWriter
-from itm.outcomes import Failure, parse_reasons
+from itm.outcomes import Failure, parse_reasons, reason_filter
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumHandler, PicsumServer
@@ -231,6 +231,40 @@ def test_reasons_name_registered_reasons_statuses_or_classes() -> None:
     for bad in ("", "http_600", "http_5x", "timeouts", "http_<status>"):
         with pytest.raises(ValueError, match="valid: "):
             parse_reasons(bad)
+
+
+def test_a_reason_filter_takes_names_statuses_and_classes() -> None:
+    wanted = reason_filter(["timeout", "http_404", "http_5xx"])
+    assert [
+        r for r in ("timeout", "http_404", "http_403", "http_503", "http_5xx") if wanted(r)
+    ] == [
+        "timeout",
+        "http_404",
+        "http_503",
+    ]
+    assert not wanted("connection_error") and reason_filter(None)("anything")
+
+
+def test_a_retry_reads_the_same_failed_lines_before_and_after_its_run_finished(
+    mongo_uri: str, db: Database, tmp_path: Path
+) -> None:
+    """Unfinished, the failed lines are counted from the run's events; finished, from its totals."""
+    lines = [f"http://example.com/{n}" for n in range(1, 13)]
+    urls = write_urls(tmp_path, lines)
+    reasons = ["invalid_url", "http_404", "http_503", "timeout"]
+    writer = MongoWriter(mongo_uri, db.name)
+    writer.start_run("cut", str(urls.resolve()), False, None, False, len(lines), None, None)
+    failures = [Failure(reasons[n % 4], "failed") for n in range(1, 13)]
+    writer.write("cut", list(enumerate(lines, 1)), [None] * 12, failures)
+    retry = Retry("cut", ["http_4xx", "timeout"], urls)
+    wanted = [(n, lines[n - 1]) for n in range(1, 13) if n % 4 in (1, 3)]
+    for finished in (False, True):
+        if finished:
+            writer.finish_run("cut")
+        assert retry.count(db) == len(wanted)
+        assert list(retry.lines(db, ())) == wanted
+        assert list(retry.lines(db, {1, 3})) == wanted[2:]
+        assert Retry("cut", None, urls).count(db) == 12
 
 
 def test_merge_keeps_the_lines_named_in_order() -> None:

@@ -1,10 +1,13 @@
 """Re-running what failed: the failed lines of a run, read again from its input file.
 
 Events keep a redacted, truncated URL; the input file keeps the line itself. So a
-retry streams the failed line numbers of the run from ``events`` (in line order, a
-window of lines at a time) and merge-joins them with a streaming read of the input: the URLs
-come from the file, the line numbers stay the original ones, and the driver holds
-one window of numbers and one line at a time, however long the run.
+retry streams the run's events from ``events`` (in line order, a window of lines at
+a time), keeps the failed ones in the driver, and merge-joins their numbers with a
+streaming read of the input: the URLs come from the file, the line numbers stay the
+original ones, and the driver holds one window of events and one line at a time,
+however long the run. The windows carry no filter on ``status`` or ``reason``: with
+one, SecantusDB leaves the (``run_id``, ``line``) index and scans the whole
+collection for every window.
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from pymongo.database import Database
 
 from itm import store
 from itm.job.fingerprint import fingerprint
-from itm.job.lines import count_lines, read_lines
-from itm.outcomes import Line, reason_matches
+from itm.job.lines import read_lines
+from itm.outcomes import Line, reason_filter
 
 
 @dataclass(frozen=True)
@@ -30,23 +33,24 @@ class Retry:
     reasons: list[str] | None
     urls: Path  # the input file of ``of``
 
-    def failed(self) -> dict[str, Any]:
-        """Which events of ``of`` to process again, as a MongoDB filter."""
-        query: dict[str, Any] = {"status": "error"}
-        if self.reasons:
-            query["reason"] = {"$in": reason_matches(self.reasons)}
-        return query
-
     def count(self, db: Database[Any]) -> int:
-        """How many lines the retry processes in all (counted in MongoDB, never loaded)."""
-        return db[store.EVENTS].count_documents({"run_id": self.of, **self.failed()})
+        """How many lines the retry processes in all: from the run's totals once it finished."""
+        run = db[store.RUNS].find_one({"_id": self.of}, {"totals.reasons": 1})
+        reasons = (run or {}).get("totals", {}).get("reasons")
+        if reasons is None:  # not finished: count its failed events
+            return sum(1 for _ in self._failed(db))
+        wanted = reason_filter(self.reasons)
+        return sum(n for reason, n in reasons.items() if wanted(reason))
 
     def lines(self, db: Database[Any], done: Container[int]) -> Iterator[Line]:
         """The lines to process, from the input file, without those ``in done``."""
-        # The run's lines end with its input's: every window up to there is read, even
-        # one where no line failed.
-        events = store.events_by_line(db, self.of, {}, self.failed(), count_lines(self.urls))
-        return merge((event["line"] for event in events), read_lines(self.urls, done))
+        return merge(self._failed(db), read_lines(self.urls, done))
+
+    def _failed(self, db: Database[Any]) -> Iterator[int]:
+        """The numbers of the run's lines to process again, ascending."""
+        wanted = reason_filter(self.reasons)
+        events = store.events_by_line(db, self.of, {"status": 1, "reason": 1})
+        return (e["line"] for e in events if e["status"] == "error" and wanted(e["reason"]))
 
 
 def merge(numbers: Iterable[int], lines: Iterable[Line]) -> Iterator[Line]:

@@ -11,8 +11,8 @@ baseline in the same process, builds what the driver held before ``start_run``
 returned ranges: the list and the set of every done line number.
 
 ``--retry-every N``: a finished run instead, every line failed (``invalid_url``, and
-``timeout`` for one line in N), its events inserted directly (what the writer stores,
-without its counters: minutes of setup instead of half an hour). Then ``python -m
+``timeout`` for one line in N), its events and totals inserted directly (what the
+writer stores, without its counters: minutes of setup instead of half an hour). Then ``python -m
 itm.run --retry-failed big --reasons timeout`` as a new run, sampling the driver's
 RSS; the baseline, in the same process, is what a retry that loads what it needs
 would hold: every failed (line, URL) of the run, as events give them.
@@ -26,6 +26,7 @@ import dataclasses
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,6 +42,7 @@ from itm.job.fingerprint import fingerprint
 from itm.job.lineset import LineSet
 from itm.job.ray_runtime import init_ray
 from itm.job.writer import MongoWriter
+from itm.outcomes import Counts
 from itm.run import run_job
 from itm.store import connect
 
@@ -134,6 +136,8 @@ def finished_run(uri: str, db: str, urls: Path, lines: int, every: int) -> int:
     client = connect(uri)
     store.ensure_indexes(client[db])
     now = datetime.now(timezone.utc)
+    timeouts = lines // every
+    totals = Counts(error=lines, reasons=Counter(timeout=timeouts, invalid_url=lines - timeouts))
     client[db][store.RUNS].insert_one(
         {
             "_id": RUN,
@@ -141,6 +145,7 @@ def finished_run(uri: str, db: str, urls: Path, lines: int, every: int) -> int:
             "started_at": now,
             "fingerprint": fingerprint(urls),
             "finished_at": now,
+            "totals": totals.as_totals(),
         }
     )
     for start in range(1, lines + 1, 10_000):
@@ -161,7 +166,7 @@ def finished_run(uri: str, db: str, urls: Path, lines: int, every: int) -> int:
             ]
         )
     client.close()
-    return lines // every
+    return timeouts
 
 
 def main() -> None:

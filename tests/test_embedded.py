@@ -11,10 +11,6 @@ import fcntl
 import os
 import re
 import signal
-import subprocess
-import sys
-import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -23,21 +19,12 @@ from pathlib import Path
 import pytest
 
 from itm.embedded import EmbeddedMongo, Pid, State, free_port
-from itm.job.ray_runtime import LOCAL_ENV
 from itm.store import connect
-from tests.support.jobs import ROOT, write_urls
+from tests.support.jobs import ItmProcess, write_urls
 from tests.support.servers import PicsumServer, picsum_lines
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.ray  # real `python -m itm.run` processes, each with its own local Ray
-
-ENV = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"}
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def processes_of(data_dir: Path) -> dict[int, str]:
@@ -54,70 +41,6 @@ def processes_of(data_dir: Path) -> dict[int, str]:
     return found
 
 
-class Run:
-    """``python -m itm.run`` in its own session (as in a terminal), its output collected."""
-
-    def __init__(self, data_dir: Path, urls: Path, *flags: str) -> None:
-        self.data_dir = data_dir
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "itm.run",
-                "--urls",
-                str(urls),
-                "--data-dir",
-                str(data_dir),
-                "--no-dashboard",
-                *flags,
-            ],
-            cwd=ROOT,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        self.pid = Pid.of(self.process.pid)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, text: str, timeout: float = 120.0) -> None:
-        def seen() -> bool:
-            assert self.process.poll() is None or text in self.output, self.output
-            return text in self.output
-
-        wait_until(seen, repr(text), timeout)
-
-    def signal(self, *signums: int, pause: float = 0.3) -> None:
-        """Signals to the whole process group, as a terminal sends Ctrl-C.
-
-        A group that is gone already (a fast machine stopped everything before the
-        next signal) gets no more: the sequence then ends early, it does not fail.
-        """
-        for signum in signums:
-            try:
-                os.killpg(self.process.pid, signum)
-            except ProcessLookupError:
-                return
-            time.sleep(pause)
-
-    def wait(self, timeout: float = 120.0) -> int:
-        code = self.process.wait(timeout)
-        self._reader.join(10)
-        return code
-
-
 def server_pids(data_dir: Path) -> list[Pid]:
     state = State.load(data_dir / "embedded.json")
     assert state is not None, "no running embedded server"
@@ -131,7 +54,7 @@ def assert_all_gone(data_dir: Path, pids: list[Pid]) -> None:
     assert not (data_dir / "embedded.json").exists()
 
 
-def normal_run(start: Callable[..., Run], data_dir: Path, urls: Path, lines: int) -> None:
+def normal_run(start: Callable[..., ItmProcess], data_dir: Path, urls: Path, lines: int) -> None:
     """The next run starts normally on the same data directory, and leaves nothing behind."""
     run = start(data_dir, urls, "--no-serve")
     assert run.wait() == 0, run.output
@@ -142,12 +65,18 @@ def normal_run(start: Callable[..., Run], data_dir: Path, urls: Path, lines: int
 
 
 @pytest.fixture
-def start() -> Iterator[Callable[..., Run]]:
+def start() -> Iterator[Callable[..., ItmProcess]]:
     """Starts runs; one still alive when the test ends (it failed) gets SIGKILL."""
-    runs: list[Run] = []
+    runs: list[ItmProcess] = []
 
-    def start(data_dir: Path, urls: Path, *flags: str) -> Run:
-        runs.append(Run(data_dir, urls, *flags))
+    def start(data_dir: Path, urls: Path, *flags: str) -> ItmProcess:
+        # The local picsum is on loopback: opt in to private addresses, explicitly.
+        runs.append(
+            ItmProcess(
+                *("--urls", str(urls), "--data-dir", str(data_dir), "--no-dashboard"),
+                *("--allow-private-addresses", *flags),
+            )
+        )
         return runs[-1]
 
     yield start
@@ -168,7 +97,7 @@ SLOW = ("--concurrency", "1", "--batch-size", "1")
 
 
 def test_two_runs_share_one_server_and_the_last_one_out_stops_it(
-    tmp_path: Path, urls: Path, start: Callable[..., Run]
+    tmp_path: Path, urls: Path, start: Callable[..., ItmProcess]
 ) -> None:
     data_dir = tmp_path / "itm"
     first = start(data_dir, urls, "--serve", "--port", str(free_port()))
@@ -197,7 +126,7 @@ def test_two_runs_share_one_server_and_the_last_one_out_stops_it(
 
 
 def test_signals_during_the_job_leave_no_process(
-    tmp_path: Path, urls: Path, start: Callable[..., Run]
+    tmp_path: Path, urls: Path, start: Callable[..., ItmProcess]
 ) -> None:
     data_dir = tmp_path / "itm"
     sequences = {
@@ -271,7 +200,7 @@ def test_a_dead_supervisor_or_a_hung_server_is_recovered_from(tmp_path: Path) ->
 
 
 def test_a_failure_to_start_says_in_one_line_what_holds_the_data(
-    tmp_path: Path, urls: Path, start: Callable[..., Run]
+    tmp_path: Path, urls: Path, start: Callable[..., ItmProcess]
 ) -> None:
     data_dir = tmp_path / "itm"
 

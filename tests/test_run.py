@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from itm.embedded import free_port
-from itm.job.ray_runtime import LOCAL_ENV
-from tests.support.jobs import ROOT, write_urls
+from tests.support.jobs import ItmProcess, write_urls
 from tests.support.servers import PicsumServer, picsum_lines
 
 pytestmark = pytest.mark.ray  # `python -m itm.run` starts its own local Ray
@@ -25,34 +21,14 @@ def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: 
     port = free_port()
     with PicsumServer() as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines[:40]))
-        itm = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "itm.run",
-                "--urls",
-                str(urls),
-                "--port",
-                str(port),
-                "--data-dir",
-                str(tmp_path / "itm"),
-                "--no-dashboard",
-            ],
-            # The local picsum is on loopback: opt in to private addresses, explicitly.
-            cwd=ROOT,
-            env=os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
+        itm = ItmProcess(
+            *("--urls", str(urls), "--port", str(port), "--data-dir", str(tmp_path / "itm")),
+            "--no-dashboard",
+            "--allow-private-addresses",  # the local picsum is on loopback: opt in, explicitly
         )
         try:
-            output = []
-            deadline = time.monotonic() + 240
-            while not output or "Ctrl-C to stop." not in output[-1]:
-                assert time.monotonic() < deadline and itm.poll() is None, "".join(output)
-                output.append(itm.stdout.readline())
-            text = "".join(output)
+            itm.wait_for("Ctrl-C to stop.", timeout=240)
+            text = itm.output
             assert "embedded MongoDB at mongodb://127.0.0.1:" in text
             assert re.search(r"40 lines in .* s", text)
             image_url = re.search(rf"http://localhost:{port}/image/[0-9a-f]{{32}}", text).group()
@@ -62,10 +38,10 @@ def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: 
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
                 assert reply.status == 200
         finally:
-            os.killpg(itm.pid, signal.SIGINT)
-            rest = itm.communicate(timeout=120)[0]
-    assert itm.returncode == 0, rest
-    assert "stopping the API" in rest
+            itm.signal(signal.SIGINT, pause=0)
+            code = itm.wait()
+    assert code == 0, itm.output
+    assert "stopping the API" in itm.output
     storage = str(tmp_path / "itm" / "mongo")
     alive = subprocess.run(["pgrep", "-f", storage], capture_output=True, text=True).stdout
     assert not alive, "the embedded MongoDB outlived itm"

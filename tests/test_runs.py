@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -29,6 +28,7 @@ from itm.outcomes import Failure, parse_reasons, reason_filter
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumHandler, PicsumServer
+from tests.support.waiting import wait_until
 
 LINES = 40
 
@@ -198,10 +198,12 @@ def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(
         urls = write_urls(tmp_path, [f"{server.url}/8/{n}" for n in range(1, 21)])
         job = pool.submit(run_itm, mongo_uri, db.name, urls)
         try:
-            deadline = time.monotonic() + 120
-            while not (db.runs.find_one({"in_flight.0": {"$exists": True}})):
-                assert time.monotonic() < deadline and not job.done()
-                time.sleep(0.1)
+
+            def in_flight() -> bool:
+                assert not job.done(), "the job ended while the server held it"
+                return db.runs.find_one({"in_flight.0": {"$exists": True}}) is not None
+
+            wait_until(in_flight, "a line in flight")
             (run,) = client.get("/runs").json()["items"]
             assert run["status"] == "running" and run["finished_at"] is None
             assert run["progress"]["total"] == 20 and run["progress"]["done"] == 0

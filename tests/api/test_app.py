@@ -25,6 +25,7 @@ from itm.embedded import EmbeddedMongo
 from itm.outcomes import describe
 from itm.store import IMAGES, MONITORING
 from tests.support.apidata import COUNTS, REASONS, START, ApiData, fill
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture
@@ -374,11 +375,8 @@ def _statuses(client: TestClient) -> set[int]:
     return {client.get(path).status_code for path in PATHS}
 
 
-def _wait_healthy(client: TestClient, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/healthz").status_code != 200:
-        assert time.monotonic() < deadline, "the API did not recover"
-        time.sleep(0.1)
+def _wait_healthy(client: TestClient) -> None:
+    wait_until(lambda: client.get("/healthz").status_code == 200, "the API to recover", 20, 0.1)
 
 
 def test_mongodb_down_gives_503_and_the_api_recovers(tmp_path: Path) -> None:

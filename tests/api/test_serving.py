@@ -6,9 +6,7 @@ from __future__ import annotations
 import importlib
 import io
 import ipaddress
-import os
 import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,9 +30,8 @@ from itm.api.serving import (
 )
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
-from itm.job.ray_runtime import LOCAL_ENV
 from tests.support.apidata import ApiData, fill
-from tests.support.jobs import ROOT, write_urls
+from tests.support.jobs import ROOT, ItmProcess, write_urls
 
 
 @pytest.fixture
@@ -109,35 +106,16 @@ def test_itm_run_serves_from_the_replica_on_loopback_only(tmp_path: Path) -> Non
     job's local Ray listens beyond loopback; Ctrl-C stops it all."""
     port = free_port()
     urls = write_urls(tmp_path, ["not a url"])  # one line, one error: the job takes no time
-    itm = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "itm.run",
-            "--urls",
-            str(urls),
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp_path / "itm"),
-            "--no-dashboard",
-        ],
-        cwd=ROOT,
-        env=os.environ | LOCAL_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    itm = ItmProcess(
+        *("--urls", str(urls), "--port", str(port), "--data-dir", str(tmp_path / "itm")),
+        "--no-dashboard",
     )
     try:
-        output = []
-        while not output or "Ctrl-C to stop." not in output[-1]:
-            assert itm.poll() is None, "".join(output)
-            output.append(itm.stdout.readline())
+        itm.wait_for("Ctrl-C to stop.")
         assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).status_code == 200
         replica = psutil.Process(_listener_pid(port))
         assert "ServeReplica" in replica.name()
-        listeners = _listeners(itm.pid)
+        listeners = _listeners(itm.process.pid)
         assert listeners[port] == ["127.0.0.1"]
         beyond = {
             p
@@ -154,9 +132,9 @@ def test_itm_run_serves_from_the_replica_on_loopback_only(tmp_path: Path) -> Non
         assert len(internal) == 1
         assert beyond == internal, f"listening beyond loopback: {beyond - internal}"
     finally:
-        os.killpg(itm.pid, signal.SIGINT)
-        rest = itm.communicate(timeout=120)[0]
-    assert itm.returncode == 0, rest
+        itm.signal(signal.SIGINT, pause=0)
+        code = itm.wait()
+    assert code == 0, itm.output
 
 
 def test_a_full_queue_is_503_at_once(ray_local: None, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +21,9 @@ from itm.config import Settings
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.ray_runtime import LOCAL_ENV
 from tests.support.host_servers import HostServer, check_polite_run, spread_lines
-from tests.support.jobs import ROOT, run_itm, write_urls
+from tests.support.jobs import ROOT, run_itm, run_itm_process, write_urls
 from tests.support.servers import PicsumServer, picsum_lines
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -97,27 +98,8 @@ def test_a_multi_node_run_equals_the_single_node_run(
         assert run_itm(mongo_uri, dbs["single"].name, urls) == 0
         seconds["single"] = time.perf_counter() - started
         started = time.perf_counter()
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "itm.run",
-                "--urls",
-                str(urls),
-                "--mongo-uri",
-                mongo_uri,
-                "--db",
-                dbs["multi"].name,
-                "--no-serve",
-                "--ray-address",
-                cluster.address,
-                "--allow-private-addresses",
-            ],  # the local picsum is on loopback
-            cwd=ROOT,
-            env=os.environ | LOCAL_ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = run_itm_process(
+            mongo_uri, dbs["multi"].name, urls, "--ray-address", cluster.address
         )
         seconds["multi"] = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-2000:]
@@ -147,40 +129,12 @@ def test_the_per_host_limit_holds_across_nodes(
     mongo_client.drop_database(db.name)
     with HostServer(latency=0.02) as server:
         urls = write_urls(tmp_path, spread_lines(server, 120))
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "itm.run",
-                "--urls",
-                str(urls),
-                "--mongo-uri",
-                mongo_uri,
-                "--db",
-                db.name,
-                "--no-serve",
-                "--ray-address",
-                cluster.address,
-                "--allow-private-addresses",
-                "--per-host",
-                "2",
-            ],
-            cwd=ROOT,
-            env=os.environ | LOCAL_ENV,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        result = run_itm_process(
+            mongo_uri, db.name, urls, "--ray-address", cluster.address, "--per-host", "2"
         )
     assert result.returncode == 0, result.stderr[-2000:]
     check_polite_run(db, server, 120, 2)
     assert "itm: --per-host 2: " in result.stdout  # the token actor's report
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    give_up = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < give_up, f"still not {what} after {timeout:g} s"
-        time.sleep(0.2)
 
 
 def test_bytes_lost_with_their_node_are_downloaded_again_for_md5_and_gray_both(

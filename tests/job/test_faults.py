@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -27,10 +25,9 @@ from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
 from itm.job.writer import MongoWriter, WriterActor
 from itm.outcomes import Counts, Failure
-from tests.support.jobs import ROOT, run_itm, write_urls
+from tests.support.jobs import ItmProcess, job_flags, run_itm, run_itm_process, write_urls
 from tests.support.servers import PicsumServer, jpeg, picsum_lines
-
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+from tests.support.waiting import wait_until
 
 
 def assert_exact(db: Database, run_id: str, lines: int) -> None:
@@ -192,39 +189,18 @@ def test_a_killed_driver_resumes_where_it_stopped(
 ) -> None:
     with PicsumServer(latency=0.05) as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines))
-        command = [
-            sys.executable,
-            "-m",
-            "itm.run",
-            "--urls",
-            str(urls),
-            "--mongo-uri",
-            mongo_uri,
-            "--db",
-            db.name,
-            "--no-serve",
-            "--concurrency",
-            "8",
-            "--batch-size",
-            "4",
-            "--allow-private-addresses",
-        ]  # the local picsum is on loopback
-        driver = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=os.environ | RAY_ENV,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
+        driver = ItmProcess(
+            *job_flags(mongo_uri, db.name, urls, "--concurrency", "8", "--batch-size", "4")
         )
+
+        def hundred_done() -> bool:
+            assert driver.process.poll() is None, "the job ended before it could be killed"
+            return db.events.count_documents({}) >= 100
+
         try:
-            deadline = time.monotonic() + 120
-            while db.events.count_documents({}) < 100:
-                assert driver.poll() is None, "the job ended before it could be killed"
-                assert time.monotonic() < deadline
-                time.sleep(0.2)
+            wait_until(hundred_done, "100 lines done")
         finally:
-            os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray
+            driver.signal(signal.SIGKILL, pause=0)  # the driver and its local Ray
             driver.wait()
         (run,) = db.runs.find()
         done = db.events.count_documents({})
@@ -259,25 +235,8 @@ def test_exit_codes_say_why_the_job_could_not_run(
 def test_an_unreachable_ray_fails_fast(mongo_uri: str, tmp_path: Path) -> None:
     urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
     started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "itm.run",
-            "--urls",
-            str(urls),
-            "--mongo-uri",
-            mongo_uri,
-            "--no-serve",
-            "--ray-address",
-            f"127.0.0.1:{free_port()}",
-        ],
-        cwd=ROOT,
-        env=os.environ | RAY_ENV,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    unreachable = f"127.0.0.1:{free_port()}"
+    result = run_itm_process(mongo_uri, "itm", urls, "--ray-address", unreachable, timeout=120)
     assert result.returncode == 1
     assert "Ray at 127.0.0.1" in result.stderr
     assert time.monotonic() - started < 60

@@ -4,7 +4,7 @@ against one server answering as four loopback host names."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from itm.job.politeness import BACKOFF_FIRST, REFUSALS_BEFORE_BACKOFF
 from itm.outcomes import Failure
 from tests.support.host_servers import HostServer, check_polite_run, spread_lines
 from tests.support.jobs import run_itm, write_urls
+from tests.support.waiting import wait_until
 
 PER_HOST = 2
 SETTINGS = Settings(
@@ -101,19 +102,10 @@ def test_a_host_that_keeps_refusing_is_backed_off(gate: HostGate, server: HostSe
         with pytest.raises(Failure):
             polite(server.at(host, f"/status/503?{n}"), no_retry, gate)
     # The refusals reach the actor with the tokens given back, unawaited: wait for them.
-    assert wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"])
+    wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"], "backed off", 10)
     assert polite(server.at(host, "/img/3"), no_retry, gate) == server.jpeg
     # The next start waits the first pause after the last refused one.
     assert server.times["/img/3"][0] - started >= BACKOFF_FIRST
-
-
-def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    end = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def test_a_job_never_exceeds_the_limit_per_host(

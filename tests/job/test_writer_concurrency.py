@@ -9,7 +9,6 @@ writer's ``minute_seconds``, so that a few seconds of work cross many of them.
 from __future__ import annotations
 
 import random
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,6 +35,7 @@ from itm.outcomes import Counts, Failure
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumServer
+from tests.support.waiting import wait_until
 
 MINUTE = 1.0  # seconds
 # The local picsum is on loopback: opt in to private addresses, explicitly.
@@ -44,10 +44,11 @@ SETTINGS = Settings(batch_size=32, concurrency=64, allow_private_addresses=True)
 
 def wait_for_events(db: Database, at_least: dict[str, int], timeout: float = 120.0) -> None:
     """Until each run has at least so many events (lines that need no server)."""
-    give_up = time.monotonic() + timeout
-    while any(db.events.count_documents({"run_id": run}) < n for run, n in at_least.items()):
-        assert time.monotonic() < give_up, f"fewer events than {at_least} after {timeout:g} s"
-        time.sleep(0.05)
+    wait_until(
+        lambda: all(db.events.count_documents({"run_id": run}) >= n for run, n in at_least.items()),
+        f"at least {at_least} events",
+        timeout,
+    )
 
 
 def mixed_lines(base: str, count: int, seed: int) -> list[str]:

@@ -4,6 +4,7 @@ itm.run`` in this process or as a driver process of its own."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -69,6 +70,15 @@ def run_itm_process(
     )
 
 
+def _as_in_a_terminal() -> None:
+    """Ctrl-C and Ctrl-\\ do what they do in a terminal, whatever the tests inherited: a
+    shell script that starts a command in the background (``pytest &``) makes it
+    ignore SIGINT, its children too, and a Python that starts so never raises
+    KeyboardInterrupt (a run then waited for ever after its Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class ItmProcess:
     """``python -m itm.run`` in its own session (as in a terminal), its output collected."""
 
@@ -81,6 +91,7 @@ class ItmProcess:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_as_in_a_terminal,
         )
         self.pid = Pid.of(self.process.pid)
         self.lines: list[str] = []

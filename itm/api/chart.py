@@ -65,7 +65,7 @@ def _draw(key: tuple[tuple[Bucket, ...], str]) -> bytes:
 # wait; identical requests share one drawing, and the last 32 charts are remembered, so
 # a dashboard reloaded while the counters stand still costs a query, not a drawing.
 charts: Coalescer[tuple[tuple[Bucket, ...], str], bytes] = Coalescer(
-    _draw, running=1, waiting=4, cache=32
+    _draw, running=1, waiting=4, cache=32, what="chart drawings"
 )
 
 

@@ -22,12 +22,14 @@ replica; and of the rest of the server's process tree) and the ratios to
 uvicorn. ``GET /openapi.json`` (cached by FastAPI: no MongoDB) is the null
 request: the price of the server path alone. Each response's ``Server-Timing``
 says how long the app itself took; the rest ("path") is the server around it.
-Last, the seconds each server took to stop after SIGTERM.
+Last, the seconds each server took to stop after SIGTERM. A ``503`` (a bound of the
+server under the load) is counted and told, not timed; any other failure stops the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import statistics
@@ -133,7 +135,7 @@ def load(
                 response = http.get(path)
                 elapsed = time.perf_counter() - started
                 if response.status_code != 200:
-                    errors.append(f"{path}: {response.status_code}")
+                    errors.append(f"{path}: {response.status_code} {response.text[:120]}")
                     continue
                 app_ms = float(response.headers["server-timing"].removeprefix("app;dur="))
                 with lock:
@@ -147,8 +149,11 @@ def load(
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - start[0]
-    if errors:
-        raise RuntimeError(f"{len(errors)} failed requests, e.g. {errors[0]}")
+    failed = [error for error in errors if " 503 " not in error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} failed requests, e.g. {failed[0]}")
+    if errors:  # a bound of the server under a load: told, left out of the latencies
+        print(f"  {len(errors)} requests refused, e.g. {errors[0]}", flush=True)
     return wall, latencies, app_times
 
 
@@ -241,6 +246,9 @@ def server_process(server: str, uri: str) -> Iterator[tuple[str, psutil.Process,
     """The app in its own process; yields its base URL and, after the block, the stop time."""
     port = free_port()
     env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": DB, "PYTHONPATH": os.getcwd()}
+    # The request path is measured here, not the bound on reads (bench_api_load loads
+    # that): a turn at reading for every client, so that no request is refused.
+    env["ITM_API_MAX_READS"] = str(max(CLIENTS))
     if server == "uvicorn":
         command = [
             sys.executable,
@@ -283,8 +291,7 @@ def host(port: int) -> None:
     from itm.api.serving import serve_api
     from itm.job.ray_runtime import init_ray
 
-    settings = Settings.from_env()
-    settings = Settings(mongo_uri=settings.mongo_uri, db=settings.db, port=port)
+    settings = dataclasses.replace(Settings.from_env(), port=port)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     init_ray(None, dashboard=False, num_cpus=2)
     try:

@@ -1,6 +1,7 @@
 """A bounded load on ``python -m itm.run``'s API, then the same with MongoDB away for 5 s.
 
     flock /tmp/itm-bench.lock python -m benchmarks.bench_api_load [--requests 5000]
+        [--bounds ONGOING:QUEUED[:READS] ...] [--no-outage]
 
 Starts its own SecantusDB with a generated database (20,000 images, 200,000
 events, 60 minutes of counters), runs ``python -m itm.run`` on it (a one-line
@@ -8,8 +9,10 @@ job, then the API on 127.0.0.1, itm's default request path), and sends
 ``--requests`` requests from 64 client threads: 60% ``/image``, 15% ``/images``,
 10% ``/monitoring?format=json``, 10% ``/``, 5% ``/monitoring`` PNG for a window
 ending at another minute each time. Then the same again while MongoDB is stopped
-for 5 s in the middle. For each: statuses, p50/p99, the slowest 503, and whether
-any request hung (no answer within 30 s) or any 5xx other than 503 came back.
+for 5 s in the middle. For each: statuses, p50/p99, the slowest 503 and who refused
+each (Serve's full queue, no turn to read MongoDB, the charts busy, a read past its
+time limit, MongoDB unavailable), and whether any request hung (no answer within
+30 s) or any 5xx other than 503 came back.
 """
 
 from __future__ import annotations
@@ -30,16 +33,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
 from benchmarks.bench_api_scale import START, generate
+from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import connect
 
 DB = "bench"
 CLIENTS = 64
 HUNG_S = 30.0
+DEFAULTS = Settings()
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,21 @@ class Outcome:
     status: int  # 0: no answer within HUNG_S
     seconds: float
     at: float  # when it finished, from the start of the load
+    why: str = ""  # of a 503: who refused (see refusal)
+
+
+# What a 503's body says -> who refused it.
+REFUSALS = {
+    "backpressure": "Serve's queue full",
+    "reading MongoDB": "no turn to read",
+    "chart drawings": "charts busy",
+    "took longer": "read time limit",
+    "unavailable": "MongoDB unavailable",
+}
+
+
+def refusal(body: str) -> str:
+    return next((why for text, why in REFUSALS.items() if text in body), "other")
 
 
 def paths(md5s: list[str], n: int, seed: int = 1) -> list[tuple[str, str]]:
@@ -85,15 +106,19 @@ def load(base: str, requests: list[tuple[str, str]]) -> list[Outcome]:
                     return
                 route, path = item
                 started = time.perf_counter()
+                why = ""
                 try:
-                    status = http.get(path).status_code
+                    response = http.get(path)
+                    status = response.status_code
+                    if status == 503:
+                        why = refusal(response.text)
                 except httpx.TimeoutException:
                     status = 0
                 except httpx.TransportError:
                     status = -1  # refused or reset: counted apart, it is not a hang
                 done = time.perf_counter()
                 with lock:
-                    outcomes.append(Outcome(route, status, done - started, done - start))
+                    outcomes.append(Outcome(route, status, done - started, done - start, why))
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for thread in threads:
@@ -127,6 +152,12 @@ def report(title: str, outcomes: list[Outcome], wall: float) -> None:
             f"p50 {statistics.median(unavailable) * 1e3:.0f} ms, "
             f"{sum(s < 0.1 for s in unavailable)} under 100 ms"
         )
+        for why in sorted({o.why for o in outcomes if o.status == 503}):
+            mine = sorted(o.seconds for o in outcomes if o.status == 503 and o.why == why)
+            print(
+                f"    {why:20} {len(mine):5}, p50 {statistics.median(mine) * 1e3:5.0f} ms, "
+                f"slowest {mine[-1] * 1e3:5.0f} ms"
+            )
     print(
         f"  5xx other than 503: {bad}; hung (no answer in {HUNG_S:.0f} s): {statuses[0]}; "
         f"connection refused/reset: {statuses[-1]}"
@@ -142,9 +173,10 @@ def report(title: str, outcomes: list[Outcome], wall: float) -> None:
 
 
 @contextmanager
-def itm_api(uri: str, tmp: Path, ongoing: int, queued: int) -> Iterator[str]:
+def itm_api(uri: str, tmp: Path, bound: Bounds) -> Iterator[str]:
     """``python -m itm.run`` on a one-line input against ``uri``, serving on 127.0.0.1 with
-    ``ongoing`` requests at once per replica and ``queued`` more in its queue."""
+    ``bound.ongoing`` requests at once per replica, ``bound.queued`` more in its queue and
+    ``bound.reads`` of them reading MongoDB at once."""
     urls = tmp / "urls.txt"
     urls.write_text("not a url\n")
     port = free_port()
@@ -155,8 +187,9 @@ def itm_api(uri: str, tmp: Path, ongoing: int, queued: int) -> Iterator[str]:
         "RAY_AUTH_MODE": "disabled",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        "ITM_API_MAX_ONGOING": str(ongoing),
-        "ITM_API_MAX_QUEUED": str(queued),
+        "ITM_API_MAX_ONGOING": str(bound.ongoing),
+        "ITM_API_MAX_QUEUED": str(bound.queued),
+        "ITM_API_MAX_READS": str(bound.reads),
     }
     itm = subprocess.Popen(
         [
@@ -191,9 +224,19 @@ def itm_api(uri: str, tmp: Path, ongoing: int, queued: int) -> Iterator[str]:
         itm.communicate(timeout=120)
 
 
-def bounds(text: str) -> tuple[int, int]:
-    ongoing, _, queued = text.partition(":")
-    return int(ongoing), int(queued)
+class Bounds(NamedTuple):
+    ongoing: int
+    queued: int
+    reads: int
+
+    def __str__(self) -> str:
+        return f"{self.ongoing}:{self.queued}:{self.reads}"
+
+
+def bounds(text: str) -> Bounds:
+    """``ONGOING:QUEUED[:READS]``; the reads default to itm's."""
+    ongoing, queued, *reads = (int(part) for part in text.split(":"))
+    return Bounds(ongoing, queued, *(reads or [Settings().api_max_reads]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,10 +246,16 @@ def main(argv: list[str] | None = None) -> None:
         "--bounds",
         type=bounds,
         nargs="+",
-        default=[(32, 64)],
-        metavar="ONGOING:QUEUED",
-        help="the replica's max_ongoing_requests:max_queued_requests to load, each in its own "
-        "itm.run; the outage runs against the first (default 32:64)",
+        default=[bounds(f"{DEFAULTS.api_max_ongoing}:{DEFAULTS.api_max_queued}")],
+        metavar="ONGOING:QUEUED[:READS]",
+        help="the replica's max_ongoing_requests:max_queued_requests[:--api-max-reads] to "
+        "load, each in its own itm.run; the outage runs against the first (default: itm's)",
+    )
+    parser.add_argument(
+        "--outage",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="then the same load with MongoDB stopped for 5 s in the middle",
     )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,19 +264,19 @@ def main(argv: list[str] | None = None) -> None:
             client = connect(uri)
             md5s = generate(client[DB], 200_000, 20_000)
             client.close()
-            for index, (ongoing, queued) in enumerate(args.bounds):
-                with itm_api(uri, Path(tmp), ongoing, queued) as base:
+            for index, bound in enumerate(args.bounds):
+                with itm_api(uri, Path(tmp), bound) as base:
                     print(
-                        f"itm's API at {base}, max_ongoing_requests {ongoing}, "
-                        f"max_queued_requests {queued}; load average "
-                        f"{os.getloadavg()[0]:.1f}",
+                        f"itm's API at {base}, max_ongoing_requests {bound.ongoing}, "
+                        f"max_queued_requests {bound.queued}, --api-max-reads {bound.reads}; "
+                        f"load average {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
                     load(base, paths(md5s, 200, seed=0))  # warm up: connections, code paths
                     started = time.perf_counter()
                     outcomes = load(base, paths(md5s, args.requests))
-                    report(f"steady, {ongoing}:{queued}", outcomes, time.perf_counter() - started)
-                    if index == 0:
+                    report(f"steady, {bound}", outcomes, time.perf_counter() - started)
+                    if index == 0 and args.outage:
                         outage(base, mongo, md5s, args.requests)
 
 

@@ -50,6 +50,19 @@ class Settings:
         "seconds the reads of one API request may take in MongoDB (sent as maxTimeMS): "
         "past it the request is a 503, never a hung one",
     )
+    api_max_reads: int = _opt(
+        8,
+        "API requests of one replica reading MongoDB at once; the next waits at most 50 ms "
+        "for a turn, then is a 503 at once: a database answering slower than it is asked "
+        "refuses quickly instead of piling up reads that each end at --api-timeout "
+        "(the embedded SecantusDB is one process; a real MongoDB takes more)",
+    )
+    api_snapshot_s: float = _opt(
+        1.0,
+        "seconds the dashboard's data, the first page of /images and the default "
+        "/monitoring window may be old: identical requests within it share one read of "
+        "MongoDB (0: each request reads, concurrent ones still share)",
+    )
     api_max_ongoing: int = _opt(
         32, "API requests one Serve replica runs at once (Serve's max_ongoing_requests)"
     )
@@ -140,6 +153,7 @@ class Settings:
             "port",
             "max_bytes",
             "max_pixels",
+            "api_max_reads",
             "api_max_ongoing",
             "api_max_queued",
         ):
@@ -148,6 +162,8 @@ class Settings:
         for name in ("connect_timeout", "read_timeout", "deadline", "api_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if self.api_snapshot_s < 0:
+            raise ValueError("api_snapshot_s cannot be negative")
         if self.retries < 0 or self.max_redirects < 0 or self.per_host < 0:
             raise ValueError("retries, max_redirects and per_host cannot be negative")
         if not 0 <= self.png_level <= 9:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -28,10 +28,19 @@ from pymongo.errors import ExecutionTimeout, NetworkTimeout, PyMongoError
 from itm import __version__
 from itm.api import queries, runview
 from itm.api.chart import histogram_png
-from itm.api.coalesce import Busy
+from itm.api.coalesce import Busy, Coalescer, Gate
 from itm.api.dashboard import render_dashboard
 from itm.api.histogram import totals
-from itm.api.models import Health, ImageItem, ImagePage, Monitoring, Problem, Run, RunPage
+from itm.api.models import (
+    Health,
+    ImageItem,
+    ImagePage,
+    Monitoring,
+    Problem,
+    Run,
+    RunPage,
+    RunTotals,
+)
 from itm.api.timing import ServerTimingMiddleware
 from itm.config import Settings
 from itm.store import connect
@@ -44,6 +53,9 @@ MONGO_TIMEOUT_MS = 2000
 # time limit: a 503 at once, and each such request wakes pymongo's monitor (which
 # rechecks at most every 0.5 s), so the API notices MongoDB's return within a second.
 DOWN_PROBE_S = 0.05
+# How long a request waits for a turn at reading MongoDB (``--api-max-reads``) before it
+# is a 503: enough to ride out a burst, far below the time a client should wait for "no".
+READ_WAIT_S = 0.05
 MD5_PATTERN = r"^[0-9a-fA-F]{32}$"
 # An md5 names its content for ever, so browsers and proxies may keep it a year.
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -109,6 +121,8 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         lifespan=lifespan,
     )
     app.state.read_timeout = settings.api_timeout
+    app.state.reads = Gate(settings.api_max_reads, READ_WAIT_S, "requests reading MongoDB")
+    app.state.snapshots = Snapshots(app, settings.api_snapshot_s)
     app.add_exception_handler(PyMongoError, _database_unavailable)
     app.add_exception_handler(Busy, _busy)
     app.add_middleware(ServerTimingMiddleware)
@@ -128,9 +142,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 async def _busy(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(
-        {"detail": f"the API is busy drawing other charts: retry ({exc})"},
-        status_code=503,
-        headers=RETRY_SOON,
+        {"detail": f"the API is busy ({exc}): retry"}, status_code=503, headers=RETRY_SOON
     )
 
 
@@ -139,15 +151,27 @@ def get_db(request: Request) -> Database[Any]:
     return db
 
 
-def bounded(request: Request) -> AbstractContextManager[None]:
-    """A context in which every MongoDB read of this request gets the API's time limit.
+@contextmanager
+def bounded(app: FastAPI) -> Iterator[None]:
+    """A turn at reading MongoDB, in which every read gets the API's time limit.
+
+    ``Busy`` (a 503) when no turn comes within ``READ_WAIT_S``: past what the
+    database answers, requests are refused at once rather than queued there until
+    their time limit.
+    """
+    with app.state.reads(), time_limited(app):
+        yield
+
+
+def time_limited(app: FastAPI) -> AbstractContextManager[None]:
+    """A context in which every MongoDB read gets the API's time limit.
 
     ``pymongo.timeout`` sends the time left as ``maxTimeMS`` with each command and
     times out the socket too, so that a stuck server cannot hang a request.
     ``PyMongoError`` at once when MongoDB is known to be away (see ``DOWN_PROBE_S``).
     """
-    _fail_fast_when_down(request.app.state.db.client)
-    return mongo_timeout(request.app.state.read_timeout)
+    _fail_fast_when_down(app.state.db.client)
+    return mongo_timeout(app.state.read_timeout)
 
 
 def _fail_fast_when_down(client: MongoClient[Any]) -> None:
@@ -166,7 +190,38 @@ def _fail_fast_when_down(client: MongoClient[Any]) -> None:
         client.admin.command("ping")
 
 
+V = TypeVar("V")
+
+
+def _shared(app: FastAPI, read: Callable[[Database[Any]], V], max_age: float) -> Coalescer[None, V]:
+    """``read(db)`` within ``bounded``, shared by concurrent callers and reused ``max_age`` s."""
+
+    def bounded_read(_: None) -> V:
+        with bounded(app):
+            return read(app.state.db)
+
+    return Coalescer(bounded_read, running=1, waiting=0, cache=1, max_age=max_age)
+
+
+class Snapshots:
+    """The reads that do not depend on the caller, each shared by every request of
+    ``max_age`` seconds (``--api-snapshot-s``) and by concurrent ones: a burst of
+    dashboards costs one read of MongoDB, and a user sees data that old at most."""
+
+    def __init__(self, app: FastAPI, max_age: float) -> None:
+        # The first page at its largest: each first page is cut from it (queries.first_page).
+        self.newest = _shared(app, lambda db: queries.image_page(db, MAX_PAGE), max_age)
+        self.histogram = _shared(app, lambda db: queries.histogram(db, None, None), max_age)
+        self.dashboard = _shared(app, lambda db: queries.dashboard(db, RECENT_RUNS), max_age)
+
+
+def get_snapshots(request: Request) -> Snapshots:
+    snapshots: Snapshots = request.app.state.snapshots
+    return snapshots
+
+
 DB = Annotated[Database[Any], Depends(get_db)]
+Shared = Annotated[Snapshots, Depends(get_snapshots)]
 router = APIRouter()
 
 
@@ -202,7 +257,7 @@ def get_image(
 ) -> Response:
     md5 = md5.lower()
     headers = {"ETag": f'"{md5}"', "Cache-Control": IMMUTABLE}
-    with bounded(request):
+    with bounded(request.app):
         if (
             if_none_match is not None
             and etag_matches(if_none_match, headers["ETag"])
@@ -249,10 +304,15 @@ def _items(request: Request, docs: Sequence[dict[str, Any]]) -> list[ImageItem]:
     summary="The stored images, newest first, a page at a time",
 )
 def list_images(
-    request: Request, db: DB, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
+    request: Request, db: DB, shared: Shared, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
 ) -> ImagePage:
-    with bounded(request):
-        docs, next_cursor = queries.image_page(db, limit, _after(cursor, queries.MD5_RE))
+    """The first page may be ``--api-snapshot-s`` old; the next ones are read as asked."""
+    if cursor is None:
+        docs, next_cursor = queries.first_page(shared.newest(None), limit)
+    else:
+        after = _after(cursor, queries.MD5_RE)
+        with bounded(request.app):
+            docs, next_cursor = queries.image_page(db, limit, after)
     return ImagePage(items=_items(request, docs), next=next_cursor)
 
 
@@ -291,6 +351,7 @@ def wants_json(accept: str | None) -> bool:
 def monitoring(
     request: Request,
     db: DB,
+    shared: Shared,
     fmt: Annotated[
         Literal["png", "json"] | None,
         Query(
@@ -306,10 +367,15 @@ def monitoring(
         IsoDatetime | None, Query(description="last minute, ISO 8601 (UTC if no offset)")
     ] = None,
 ) -> Response:
-    """Default window: the minutes that have data; at most 24 h of minutes (the latest)."""
+    """Default window: the minutes that have data; at most 24 h of minutes (the latest).
+
+    The default window may be ``--api-snapshot-s`` old; a window asked for is read."""
     try:
-        with bounded(request):
-            window, buckets = queries.histogram(db, since, until)
+        if since is None and until is None:
+            window, buckets = shared.histogram(None)
+        else:
+            with bounded(request.app):
+                window, buckets = queries.histogram(db, since, until)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
     if fmt == "json" or (fmt is None and wants_json(request.headers.get("accept"))):
@@ -324,16 +390,11 @@ def monitoring(
     return Response(histogram_png(buckets, empty), media_type=PNG)
 
 
-def _runs(request: Request, db: Database[Any], docs: Sequence[dict[str, Any]]) -> list[Run]:
+def _runs(request: Request, runs: Sequence[tuple[dict[str, Any], RunTotals]]) -> list[Run]:
     now = datetime.now(timezone.utc)
     return [
-        runview.view(
-            doc,
-            queries.run_totals(db, doc),
-            now,
-            request.url_for("get_run", run_id=doc["_id"]).path,
-        )
-        for doc in docs
+        runview.view(doc, totals, now, request.url_for("get_run", run_id=doc["_id"]).path)
+        for doc, totals in runs
     ]
 
 
@@ -345,9 +406,10 @@ def _runs(request: Request, db: Database[Any], docs: Sequence[dict[str, Any]]) -
 def list_runs(
     request: Request, db: DB, limit: Limit = DEFAULT_PAGE, cursor: Cursor = None
 ) -> RunPage:
-    with bounded(request):
-        docs, next_cursor = queries.run_page(db, limit, _after(cursor, queries.RUN_ID_RE))
-        items = _runs(request, db, docs)
+    after = _after(cursor, queries.RUN_ID_RE)
+    with bounded(request.app):
+        docs, next_cursor = queries.run_page(db, limit, after)
+        items = _runs(request, queries.with_totals(db, docs))
     return RunPage(items=items, next=next_cursor)
 
 
@@ -358,11 +420,11 @@ def list_runs(
     "in flight while it runs, retry links",
 )
 def get_run(request: Request, db: DB, run_id: Annotated[str, Path(max_length=200)]) -> Run:
-    with bounded(request):
+    with bounded(request.app):
         doc = queries.run(db, run_id)
         if doc is None:
             raise HTTPException(404, f"no run {run_id}")
-        (view,) = _runs(request, db, [doc])
+        (view,) = _runs(request, queries.with_totals(db, [doc]))
     return view
 
 
@@ -372,15 +434,16 @@ def get_run(request: Request, db: DB, run_id: Annotated[str, Path(max_length=200
     responses=ERRORS,
     summary="The dashboard: totals, recent runs, histogram, errors by reason, newest images",
 )
-def dashboard(request: Request, db: DB) -> HTMLResponse:
-    with bounded(request):
-        docs, _ = queries.image_page(db, GALLERY_SIZE)
-        totals, reasons, images = queries.summary(db)
-        if images is None:  # minutes counted before the writer counted images
-            images = queries.image_count(db)
-        runs = _runs(request, db, queries.run_page(db, RECENT_RUNS)[0])
+def dashboard(request: Request, shared: Shared) -> HTMLResponse:
+    """Its data may be ``--api-snapshot-s`` old: a dashboard is looked at, not polled."""
+    docs, _ = queries.first_page(shared.newest(None), GALLERY_SIZE)
+    data = shared.dashboard(None)
     page = render_dashboard(
-        totals=totals, images=images, reasons=reasons, recent=_items(request, docs), runs=runs
+        totals=data.totals,
+        images=data.images,
+        reasons=data.reasons,
+        recent=_items(request, docs),
+        runs=_runs(request, data.runs),
     )
     return HTMLResponse(page)
 
@@ -392,8 +455,8 @@ def dashboard(request: Request, db: DB) -> HTMLResponse:
     summary="200 when MongoDB answers a ping, 503 otherwise",
 )
 def healthz(request: Request, db: DB) -> Health | JSONResponse:
-    try:
-        with bounded(request):
+    try:  # no turn at reading needed: a ping costs MongoDB nothing
+        with time_limited(request.app):
             db.client.admin.command("ping")
     except PyMongoError as exc:
         unavailable = Health(status="unavailable", detail=type(exc).__name__)

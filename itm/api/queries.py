@@ -15,7 +15,7 @@ import binascii
 import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 import pymongo
 from gridfs import GridFSBucket, GridOut
@@ -33,13 +33,13 @@ RUN_ID_RE = re.compile(r"[^\x00-\x1f]{1,200}")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 NEWEST_FIRST = [("inserted_at", DESCENDING), ("md5", DESCENDING)]  # matches an index of store
 CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
-# A page of images is read from the narrowest window of inserted_at, back from the newest
-# counted minute's end (or the cursor), that holds it, before the whole collection: SecantusDB
-# 0.7 (the embedded default) reads every document a query matches before it applies the
-# limit, so an unbounded newest-first page costs the whole collection there; a range of
-# the (inserted_at, md5) index costs what it holds, on MongoDB and SecantusDB alike.
-# Any window gives the right page when it holds one (it has every newer image); the
-# newest minute only makes the first one likely to.
+# A page of images is read from the narrowest window of inserted_at, back from the end of
+# the last minute that stored an image (or the cursor), that holds it, before the whole
+# collection: SecantusDB 0.7 (the embedded default) reads every document a query matches
+# before it applies the limit, so an unbounded newest-first page costs the whole
+# collection there; a range of the (inserted_at, md5) index costs what it holds, on
+# MongoDB and SecantusDB alike. Any window gives the right page when it holds one (it
+# has every newer image); that minute only makes the first one likely to.
 PAGE_WINDOWS = tuple(timedelta(seconds=s) for s in (10, 60, 600, 3600, 86400))
 RUNS_NEWEST_FIRST = [("started_at", DESCENDING), ("_id", DESCENDING)]  # an index of store
 # Of a run document, what its view shows (not its fingerprint).
@@ -127,8 +127,8 @@ def image_page(
     """
     newer: list[dict[str, Any]] = []  # after the cursor, in its own millisecond
     before: dict[str, datetime] = {}
-    if after is None:  # the end of the minute of the last counted line
-        last = _edge_minute(db, DESCENDING)
+    if after is None:  # the end of the last minute that stored an image
+        last = _last_image_minute(db)
         newest = None if last is None else last + timedelta(minutes=1)
     else:
         newest, md5 = after
@@ -143,9 +143,26 @@ def image_page(
             bounds = {**before, "$gte": newest - window}
         docs = newer + _cards(db, {"inserted_at": bounds} if bounds else {}, limit + 1)
         if len(docs) > limit:
-            last_card = docs[limit - 1]
-            return docs[:limit], encode_cursor(last_card["inserted_at"], last_card["md5"])
-    return docs, None
+            break
+    return cut(docs, limit)
+
+
+def cut(docs: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+    """The first ``limit`` of ``docs`` (images, newest first), and the cursor after them
+    when ``docs`` holds more."""
+    if len(docs) <= limit:
+        return docs, None
+    last = docs[limit - 1]
+    return docs[:limit], encode_cursor(last["inserted_at"], last["md5"])
+
+
+def first_page(
+    newest: tuple[list[dict[str, Any]], str | None], limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The first page of ``limit`` images, cut from ``newest``, the first page of at least
+    ``limit`` (``image_page(db, n)`` with ``n >= limit``): one read serves every size."""
+    docs, after = newest
+    return cut(docs, limit) if len(docs) > limit else (docs, after)
 
 
 def _cards(db: Database[Any], query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
@@ -172,6 +189,21 @@ def _newest_first(
     if len(docs) <= limit:
         return docs, None
     return docs[:limit], encode_cursor(docs[limit - 1][at_field], docs[limit - 1][key_field])
+
+
+def _last_image_minute(db: Database[Any]) -> datetime | None:
+    """The last minute that stored an image, or whose count of them is unknown (written
+    before the writer counted images): the newest images are stored in it or after it.
+
+    Anchors ``PAGE_WINDOWS`` where the images are, even when later runs stored none
+    (minutes that only counted errors or duplicates): the first window holds a page.
+    """
+    doc = db[MONITORING].find_one(
+        {"$or": [{"images": {"$gt": 0}}, {"images": {"$exists": False}}]},
+        {"_id": 0, "minute": 1},
+        sort=[("minute", DESCENDING)],
+    )
+    return None if doc is None else doc["minute"]
 
 
 def _edge_minute(db: Database[Any], direction: int) -> datetime | None:
@@ -263,6 +295,29 @@ def image_count(db: Database[Any]) -> int:
     """From the collection's metadata: O(1) on MongoDB, however many images there are
     (SecantusDB 0.7 counts them: ``summary``'s count, when it has one, is cheaper)."""
     return db[IMAGES].estimated_document_count()
+
+
+class Dashboard(NamedTuple):
+    """What the dashboard shows besides its images: see ``summary``."""
+
+    totals: Totals
+    reasons: list[tuple[str, int]]
+    images: int
+    runs: list[tuple[dict[str, Any], RunTotals]]  # the newest runs, each with its totals
+
+
+def dashboard(db: Database[Any], runs: int) -> Dashboard:
+    """The all-time totals, errors by reason, images stored, and the newest ``runs`` runs."""
+    totals, reasons, images = summary(db)
+    if images is None:  # minutes counted before the writer counted images
+        images = image_count(db)
+    return Dashboard(totals, reasons, images, with_totals(db, run_page(db, runs)[0]))
+
+
+def with_totals(
+    db: Database[Any], runs: list[dict[str, Any]]
+) -> list[tuple[dict[str, Any], RunTotals]]:
+    return [(doc, run_totals(db, doc)) for doc in runs]
 
 
 def run(db: Database[Any], run_id: str) -> dict[str, Any] | None:

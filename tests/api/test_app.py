@@ -16,9 +16,12 @@ from unittest.mock import patch
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from pymongo import MongoClient
 from pymongo.database import Database
+from pymongo.monitoring import CommandListener, CommandStartedEvent
 
-from itm.api import chart, create_app
+from itm.api import chart, create_app, queries
+from itm.api.app import MAX_PAGE, RECENT_RUNS
 from itm.api.coalesce import Coalescer
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
@@ -26,6 +29,8 @@ from itm.outcomes import describe
 from itm.store import IMAGES, MONITORING
 from tests.support.apidata import COUNTS, REASONS, START, ApiData, fill
 from tests.support.waiting import wait_until
+
+SECOND = timedelta(seconds=1)
 
 
 @pytest.fixture
@@ -35,7 +40,9 @@ def data(db: Database) -> ApiData:
 
 @pytest.fixture
 def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
+    # No snapshot kept: each request reads what the test just wrote (see test_snapshots_*).
+    settings = Settings(mongo_uri=mongo_uri, db=db_name, api_snapshot_s=0)
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -381,7 +388,7 @@ def _wait_healthy(client: TestClient) -> None:
 
 def test_mongodb_down_gives_503_and_the_api_recovers(tmp_path: Path) -> None:
     mongo = EmbeddedMongo(tmp_path)  # its port is chosen, nobody listens there yet
-    settings = Settings(mongo_uri=mongo.uri, db="itm")
+    settings = Settings(mongo_uri=mongo.uri, db="itm", api_snapshot_s=0)  # every request reads
     with TestClient(create_app(settings, timeout_ms=300)) as client:
         started = time.monotonic()
         response = client.get("/healthz")
@@ -429,6 +436,7 @@ def test_read_past_the_time_limit_is_503(mongo_uri: str, db_name: str, data: Api
     # A limit no read can meet: pymongo refuses to send the read, or the server stops it.
     settings = Settings(mongo_uri=mongo_uri, db=db_name, api_timeout=1e-6)
     with TestClient(create_app(settings)) as slow:
+        slow.app.state.db.client.admin.command("ping")  # found: a read is sent, or refused
         for path in PATHS[1:]:
             response = slow.get(path)
             assert response.status_code == 503, path
@@ -508,3 +516,113 @@ def test_too_many_charts_at_once_is_503(client: TestClient, data: ApiData) -> No
         assert "busy" in response.json()["detail"]
         assert response.headers["retry-after"] == "1"
         assert held.result().content == b"png"
+
+
+def test_no_turn_at_reading_mongodb_is_503_at_once(
+    mongo_uri: str, db_name: str, data: ApiData
+) -> None:
+    settings = Settings(mongo_uri=mongo_uri, db=db_name, api_max_reads=1, api_snapshot_s=0)
+    with TestClient(create_app(settings)) as client:
+        md5 = data.newest_first[0]
+        with client.app.state.reads():  # the only turn, held as a slow request would
+            for path in (f"/image/{md5}", "/images", "/", "/monitoring?format=json"):
+                response = client.get(path)
+                assert response.status_code == 503, path
+                assert response.headers["retry-after"] == "1"
+                assert "reading MongoDB: 1 at once already" in response.json()["detail"]
+            assert client.get("/healthz").status_code == 200  # a ping needs no turn
+        assert client.get(f"/image/{md5}").status_code == 200  # the turn is free again
+
+
+def test_snapshots_are_shared_by_concurrent_requests_and_kept_a_while(
+    mongo_uri: str, db_name: str, db: Database, data: ApiData
+) -> None:
+    """Identical requests read the dashboard's data once; until the snapshot's age passes,
+    new data is not seen (here an hour: never within the test), except past the first page."""
+    reads: list[int] = []
+    reading, release = threading.Event(), threading.Event()
+    real = queries.dashboard
+
+    def held(db: Database, runs: int) -> queries.Dashboard:
+        reads.append(runs)
+        reading.set()
+        assert release.wait(10)
+        return real(db, runs)
+
+    settings = Settings(mongo_uri=mongo_uri, db=db_name, api_snapshot_s=3600)
+    with (
+        TestClient(create_app(settings)) as client,
+        patch.object(queries, "dashboard", held),
+        ThreadPoolExecutor(6) as pool,
+    ):
+        first = pool.submit(client.get, "/")
+        assert reading.wait(10)
+        rest = [pool.submit(client.get, "/") for _ in range(5)]  # share its read, or its result
+        release.set()
+        pages = {future.result().text for future in [first, *rest]}
+        json = client.get("/monitoring?format=json").json()
+        listed = client.get("/images", params={"limit": 2}).json()
+        db[MONITORING].insert_one(
+            {"minute": START + timedelta(minutes=9), "success": 100, "error": 0, "images": 1}
+        )
+        # Past the first page (snapshot or not): on the second.
+        newer = {"md5": "0" * 32, "width": 1, "height": 1, "inserted_at": START + 2 * SECOND}
+        db[IMAGES].insert_one(newer)
+        assert {client.get("/").text} == pages
+        assert client.get("/monitoring?format=json").json() == json
+        assert client.get("/images", params={"limit": 2}).json() == listed
+        cursor = {"limit": 2, "cursor": listed["next"]}
+        later = [item["md5"] for item in client.get("/images", params=cursor).json()["items"]]
+    assert len(pages) == 1 and f"<b>{data.success + data.error}</b>" in pages.pop()
+    assert reads == [RECENT_RUNS]
+    assert "0" * 32 in later  # a next page is read as asked: the image inserted since is there
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 6])
+def test_a_first_page_cut_from_a_longer_one_is_that_page(
+    db: Database, data: ApiData, limit: int
+) -> None:
+    assert queries.first_page(queries.image_page(db, MAX_PAGE), limit) == queries.image_page(
+        db, limit
+    )
+
+
+class ImageFinds(CommandListener):
+    """Counts the ``find`` commands sent to ``images``."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command["find"] == IMAGES:
+            self.count += 1
+
+    def succeeded(self, event: object) -> None:
+        pass
+
+    def failed(self, event: object) -> None:
+        pass
+
+
+def test_the_first_page_is_read_from_the_last_minute_that_stored_images(
+    mongo_uri: str, db: Database
+) -> None:
+    """Later minutes that stored no image (a run of duplicates, errors) do not push the
+    read windows away from the images: one read, of the first window, serves the page."""
+    db[MONITORING].insert_many(
+        [
+            {"minute": START, "success": 3, "error": 0, "images": 3},
+            {"minute": START + timedelta(days=30), "success": 5, "error": 5, "images": 0},
+        ]
+    )
+    db[IMAGES].insert_many(
+        [
+            {"md5": f"{i:032x}", "width": 1, "height": 1, "inserted_at": START + (55 + i) * SECOND}
+            for i in range(3)
+        ]
+    )
+    finds = ImageFinds()
+    with MongoClient(mongo_uri, tz_aware=True, event_listeners=[finds]) as watched:
+        docs, _ = queries.image_page(watched[db.name], 2)
+    assert [doc["md5"] for doc in docs] == [f"{i:032x}" for i in (2, 1)]
+    assert finds.count == 1

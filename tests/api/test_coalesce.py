@@ -1,4 +1,5 @@
-"""The coalescer of expensive work: shared runs, a bound on waiting, failures not kept."""
+"""The coalescer of expensive work (shared runs, a bound on waiting, failures not kept, values
+kept for a while) and the gate of MongoDB reads (a short wait, then a refusal)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from itm.api.coalesce import Busy, Coalescer
+from itm.api.coalesce import Gate as Slots
 
 
 class Gate:
@@ -86,3 +88,54 @@ def test_cache_keeps_the_latest_keys() -> None:
     for key in ("a", "b", "a", "c", "a", "b"):
         coalescer(key)
     assert gate.runs == {"a": 1, "b": 2, "c": 1}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_value_is_reused_until_max_age_then_made_again() -> None:
+    gate, clock = Gate(), Clock()
+    gate.open.set()
+    coalescer = Coalescer(gate, max_age=1.0, clock=clock)
+    coalescer("a")
+    clock.now = 0.9
+    coalescer("a")
+    assert gate.runs == {"a": 1}
+    clock.now = 1.0
+    coalescer("a")
+    assert gate.runs == {"a": 2}
+
+
+def test_max_age_zero_keeps_nothing_but_concurrent_calls_still_share() -> None:
+    gate = Gate()
+    coalescer = Coalescer(gate, running=1, waiting=0, max_age=0, clock=Clock())
+    with ThreadPoolExecutor(4) as pool:
+        first = gate.first_run(pool, coalescer, "a")
+        rest = [pool.submit(coalescer, "a") for _ in range(3)]
+        gate.open.set()
+        assert {f.result() for f in [first, *rest]} == {"A"}
+    assert gate.runs == {"a": 1}
+    coalescer("a")
+    assert gate.runs == {"a": 2}
+
+
+def test_a_full_gate_refuses_after_its_wait_and_admits_when_a_slot_frees() -> None:
+    slots = Slots(2, wait=0, what="readers")
+    full = "readers: 2 at once already, none done within 0 ms"
+    with slots(), slots(), pytest.raises(Busy, match=full), slots():
+        pass
+    with slots(), slots():  # both slots were given back, even by the refused caller
+        pass
+
+
+def test_a_gate_gives_its_slot_back_when_the_work_fails() -> None:
+    slots = Slots(1, wait=0, what="readers")
+    with pytest.raises(ValueError), slots():
+        raise ValueError("boom")
+    with slots():
+        pass

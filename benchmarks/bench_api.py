@@ -242,13 +242,17 @@ def path_env(path: str, port: int) -> dict[str, str]:
 
 
 @contextmanager
-def server_process(server: str, uri: str) -> Iterator[tuple[str, psutil.Process, list[float]]]:
-    """The app in its own process; yields its base URL and, after the block, the stop time."""
+def server_process(
+    server: str, uri: str, db: str = DB, **settings: str
+) -> Iterator[tuple[str, psutil.Process, list[float]]]:
+    """The app in its own process (``ITM_<SETTING>`` from ``settings``); yields its base
+    URL and, after the block, the stop time."""
     port = free_port()
-    env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": DB, "PYTHONPATH": os.getcwd()}
+    env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": db, "PYTHONPATH": os.getcwd()}
     # The request path is measured here, not the bound on reads (bench_api_load loads
     # that): a turn at reading for every client, so that no request is refused.
     env["ITM_API_MAX_READS"] = str(max(CLIENTS))
+    env |= {f"ITM_{name.upper()}": value for name, value in settings.items()}
     if server == "uvicorn":
         command = [
             sys.executable,

@@ -14,14 +14,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -29,8 +24,8 @@ import httpx
 from bson import Binary
 from pymongo.database import Database
 
-from benchmarks.bench_api import wait_until_up
-from itm.embedded import EmbeddedMongo, free_port
+from benchmarks.bench_api import server_process
+from itm.embedded import EmbeddedMongo
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS, connect, ensure_indexes
 from tests.support.apidata import png_bytes
 
@@ -117,35 +112,6 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
     return md5s
 
 
-@contextmanager
-def uvicorn_on(uri: str, db: str) -> Iterator[str]:
-    port = free_port()
-    env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": db, "PYTHONPATH": os.getcwd()}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "itm.api:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        wait_until_up(base)
-        yield base
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
 def p50_ms(base: str, path: str, requests: int) -> float:
     latencies = []
     with httpx.Client(base_url=base, timeout=60) as http:
@@ -190,7 +156,8 @@ def main(argv: list[str] | None = None) -> None:
         client.close()
         p50s: dict[tuple[str, str], float] = {}
         for name in SIZES:
-            with uvicorn_on(uri, name) as base:
+            # What a read costs, not a snapshot of it: every request reads MongoDB.
+            with server_process("uvicorn", uri, name, api_snapshot_s="0") as (base, _, _):
                 for route in ROUTES:
                     p50s[(name, route)] = p50_ms(base, route, args.requests)
                     print(f"  {name:5} {route:26} p50 {p50s[(name, route)]:7.2f} ms", flush=True)

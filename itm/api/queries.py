@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 import pymongo
 from gridfs import GridFSBucket, GridOut
 from pymongo import ASCENDING, DESCENDING
-from pymongo.collection import Collection
 from pymongo.database import Database
 
 from itm.api.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
@@ -171,26 +170,6 @@ def _cards(db: Database[Any], query: dict[str, Any], limit: int) -> list[dict[st
     return list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit))
 
 
-def _newest_first(
-    collection: Collection[Any],
-    fields: dict[str, int],
-    order: list[tuple[str, int]],
-    limit: int,
-    after: tuple[datetime, str] | None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """A page of keyset paging on the index ``order`` (a date, then a unique key, both
-    descending); and the cursor of the next page."""
-    (at_field, _), (key_field, _) = order
-    query: dict[str, Any] = {}
-    if after is not None:
-        at, key = after
-        query = {"$or": [{at_field: {"$lt": at}}, {at_field: at, key_field: {"$lt": key}}]}
-    docs = list(collection.find(query, fields).sort(order).limit(limit + 1))
-    if len(docs) <= limit:
-        return docs, None
-    return docs[:limit], encode_cursor(docs[limit - 1][at_field], docs[limit - 1][key_field])
-
-
 def _last_image_minute(db: Database[Any]) -> datetime | None:
     """The last minute that stored an image, or whose count of them is unknown (written
     before the writer counted images): the newest images are stored in it or after it.
@@ -329,9 +308,18 @@ def run_page(
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Up to ``limit`` runs, newest first, after the cursor position; and the next cursor.
 
-    Keyset paging on the (``started_at``, ``_id``) index, as ``image_page``.
+    Keyset paging on the (``started_at``, ``_id``) index, as ``image_page``. Unlike
+    images, runs are few (one per job): no read windows needed.
     """
-    return _newest_first(db[RUNS], RUN_FIELDS, RUNS_NEWEST_FIRST, limit, after)
+    query: dict[str, Any] = {}
+    if after is not None:
+        at, key = after
+        query = {"$or": [{"started_at": {"$lt": at}}, {"started_at": at, "_id": {"$lt": key}}]}
+    docs = list(db[RUNS].find(query, RUN_FIELDS).sort(RUNS_NEWEST_FIRST).limit(limit + 1))
+    if len(docs) <= limit:
+        return docs, None
+    last = docs[limit - 1]
+    return docs[:limit], encode_cursor(last["started_at"], last["_id"])
 
 
 def run_totals(db: Database[Any], run: dict[str, Any]) -> RunTotals:

@@ -6,6 +6,7 @@ The servers are real, on 127.0.0.1; the downloader is opted in to loopback
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,14 +34,7 @@ OPTED_IN = Settings(
     max_redirects=3,
     allow_private_addresses=True,
 )
-BLOCKING = Settings(
-    connect_timeout=1.0,
-    read_timeout=1.0,
-    deadline=DEADLINE,
-    retries=2,
-    max_bytes=1_000_000,
-    max_redirects=3,
-)
+BLOCKING = dataclasses.replace(OPTED_IN, allow_private_addresses=False)  # the default
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from benchmarks.bench_api_scale import START, generate
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import connect
+from tests.support.jobs import as_in_a_terminal
 
 DB = "bench"
 CLIENTS = 64
@@ -211,6 +212,7 @@ def itm_api(uri: str, tmp: Path, bound: Bounds) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=as_in_a_terminal,  # its Ctrl-C (below) stops it, however this bench was started
     )
     try:
         output = []

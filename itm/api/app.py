@@ -84,7 +84,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     },
 }
 # A 503 is a state of the moment (MongoDB away, a read too slow, the API busy): retry soon.
-RETRY_SOON = {"Retry-After": "1"}
+RETRY_AFTER_S = 1
+RETRY_SOON = {"Retry-After": str(RETRY_AFTER_S)}
 
 
 def require_mongo_uri(settings: Settings) -> str:

@@ -1,14 +1,15 @@
 """A bounded load on ``python -m itm.run``'s API, then the same with MongoDB away for 5 s.
 
     flock /tmp/itm-bench.lock python -m benchmarks.bench_api_load [--requests 5000]
-        [--bounds ONGOING:QUEUED[:READS] ...] [--no-outage]
+        [--bounds ONGOING:QUEUED[:READS] ...] [--no-outage] [--no-retry-after]
 
 Starts its own SecantusDB with a generated database (20,000 images, 200,000
 events, 60 minutes of counters), runs ``python -m itm.run`` on it (a one-line
 job, then the API on 127.0.0.1, itm's default request path), and sends
 ``--requests`` requests from 64 client threads: 60% ``/image``, 15% ``/images``,
 10% ``/monitoring?format=json``, 10% ``/``, 5% ``/monitoring`` PNG for a window
-ending at another minute each time. Then the same again while MongoDB is stopped
+ending at another minute each time; after a 503 a client waits its ``Retry-After``
+(``--no-retry-after``: it does not). Then the same again while MongoDB is stopped
 for 5 s in the middle. For each: statuses, p50/p99, the slowest 503 and who refused
 each (Serve's full queue, no turn to read MongoDB, the charts busy, a read past its
 time limit, MongoDB unavailable), and whether any request hung (no answer within
@@ -41,6 +42,7 @@ from benchmarks.bench_api_scale import START, generate
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, free_port
 from itm.store import connect
+from tests.support.jobs import as_in_a_terminal
 
 DB = "bench"
 CLIENTS = 64
@@ -91,7 +93,9 @@ def paths(md5s: list[str], n: int, seed: int = 1) -> list[tuple[str, str]]:
     return mixed
 
 
-def load(base: str, requests: list[tuple[str, str]]) -> list[Outcome]:
+def load(base: str, requests: list[tuple[str, str]], patient: bool) -> list[Outcome]:
+    """The requests from ``CLIENTS`` threads; a ``patient`` client waits a 503's
+    ``Retry-After`` before its next request, as an HTTP client should."""
     outcomes: list[Outcome] = []
     lock = threading.Lock()
     queue = iter(requests)
@@ -107,11 +111,14 @@ def load(base: str, requests: list[tuple[str, str]]) -> list[Outcome]:
                 route, path = item
                 started = time.perf_counter()
                 why = ""
+                pause = 0.0
                 try:
                     response = http.get(path)
                     status = response.status_code
                     if status == 503:
                         why = refusal(response.text)
+                        if patient:
+                            pause = float(response.headers.get("retry-after", 0))
                 except httpx.TimeoutException:
                     status = 0
                 except httpx.TransportError:
@@ -119,6 +126,7 @@ def load(base: str, requests: list[tuple[str, str]]) -> list[Outcome]:
                 done = time.perf_counter()
                 with lock:
                     outcomes.append(Outcome(route, status, done - started, done - start, why))
+                time.sleep(pause)
 
     threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
     for thread in threads:
@@ -211,6 +219,7 @@ def itm_api(uri: str, tmp: Path, bound: Bounds) -> Iterator[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=as_in_a_terminal,  # its Ctrl-C (below) stops it, however this bench was started
     )
     try:
         output = []
@@ -257,6 +266,13 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="then the same load with MongoDB stopped for 5 s in the middle",
     )
+    parser.add_argument(
+        "--retry-after",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a client waits a 503's Retry-After before its next request; --no-retry-after: "
+        "it sends the next at once (a storm of retries)",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         mongo = EmbeddedMongo(Path(tmp))
@@ -272,15 +288,16 @@ def main(argv: list[str] | None = None) -> None:
                         f"load average {os.getloadavg()[0]:.1f}",
                         flush=True,
                     )
-                    load(base, paths(md5s, 200, seed=0))  # warm up: connections, code paths
+                    # warm up: connections, code paths
+                    load(base, paths(md5s, 200, seed=0), args.retry_after)
                     started = time.perf_counter()
-                    outcomes = load(base, paths(md5s, args.requests))
+                    outcomes = load(base, paths(md5s, args.requests), args.retry_after)
                     report(f"steady, {bound}", outcomes, time.perf_counter() - started)
                     if index == 0 and args.outage:
-                        outage(base, mongo, md5s, args.requests)
+                        outage(base, mongo, md5s, args.requests, args.retry_after)
 
 
-def outage(base: str, mongo: EmbeddedMongo, md5s: list[str], requests: int) -> None:
+def outage(base: str, mongo: EmbeddedMongo, md5s: list[str], requests: int, patient: bool) -> None:
     """The same load while MongoDB is stopped from t=5 s to t=10 s."""
 
     def stop_and_start() -> None:
@@ -294,7 +311,7 @@ def outage(base: str, mongo: EmbeddedMongo, md5s: list[str], requests: int) -> N
     fault = threading.Thread(target=stop_and_start)
     started = time.perf_counter()
     fault.start()
-    outcomes = load(base, paths(md5s, requests, seed=2))
+    outcomes = load(base, paths(md5s, requests, seed=2), patient)
     fault.join()
     wall = time.perf_counter() - started
     report("MongoDB stopped for 5 s from t=5 s", outcomes, wall)

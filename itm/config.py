@@ -64,10 +64,10 @@ class Settings:
         "MongoDB (0: each request reads, concurrent ones still share)",
     )
     api_max_ongoing: int = _opt(
-        32, "API requests one Serve replica runs at once (Serve's max_ongoing_requests)"
+        8, "API requests one Serve replica runs at once (Serve's max_ongoing_requests)"
     )
     api_max_queued: int = _opt(
-        64,
+        8,
         "API requests queued in front of the replicas before the next one is a 503 at "
         "once (Serve's max_queued_requests): a bounded wait, never a pile-up",
     )

@@ -47,14 +47,16 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=timezone.utc)
 LATEST = datetime(9998, 12, 31, tzinfo=timezone.utc)
 
 
-def connect(uri: str, timeout_ms: int = 5000) -> MongoClient[dict[str, Any]]:
-    """A client that returns tz-aware UTC datetimes and fails fast when nobody answers."""
+def connect(uri: str, timeout_ms: int = 5000, **options: Any) -> MongoClient[dict[str, Any]]:
+    """A client that returns tz-aware UTC datetimes and fails fast when nobody answers;
+    ``options`` go to ``MongoClient`` as they are."""
     return MongoClient(
         uri,
         tz_aware=True,
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         appname="itm",
+        **options,
     )
 
 

@@ -24,8 +24,9 @@ import time
 from fastapi import FastAPI
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import BackpressureConfig
 
-from itm.api.app import create_app, require_mongo_uri
+from itm.api.app import RETRY_AFTER_S, create_app, require_mongo_uri
 from itm.config import Settings
 from itm.embedded import free_port
 
@@ -89,6 +90,8 @@ def direct_ingress_on(port: int) -> bool:
     # Requests in flight are finished when it stops; checked every 0.2 s, not 2 s.
     graceful_shutdown_wait_loop_s=0.2,
     graceful_shutdown_timeout_s=10,
+    # Serve's own 503 (its queue full) tells clients when to come back, as the app's do.
+    backpressure_config=BackpressureConfig(retry_after_s=RETRY_AFTER_S),
 )
 @serve.ingress()
 class ApiDeployment:

@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
+import psutil
+import pytest
 from PIL import Image
 
 from itm.api.chart import (
@@ -17,6 +19,7 @@ from itm.api.chart import (
     histogram_png,
     render_histogram,
 )
+from itm.api.coalesce import Busy
 from itm.api.histogram import Bucket
 from itm.store import MINUTE
 
@@ -84,3 +87,18 @@ def test_histogram_png_draws_each_input_once() -> None:
     assert first == render_histogram(buckets(10))
     assert histogram_png(buckets(10)) is first
     assert histogram_png(buckets(10, seed=1)) != first
+
+
+def test_a_drawing_process_that_died_is_a_503_then_replaced() -> None:
+    histogram_png(buckets(3, seed=7))  # the drawing process runs
+    painters = [
+        child
+        for child in psutil.Process().children()
+        if any("spawn_main" in part for part in child.cmdline())
+    ]
+    assert len(painters) == 1
+    painters[0].kill()
+    painters[0].wait(10)
+    with pytest.raises(Busy, match="drawing process stopped"):
+        histogram_png(buckets(3, seed=8))
+    assert pixels(histogram_png(buckets(3, seed=8)))[0, 0].tolist() == [255, 255, 255]

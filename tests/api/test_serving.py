@@ -164,7 +164,9 @@ def test_a_full_queue_is_503_at_once(ray_local: None, tmp_path: Path) -> None:
     # Two slots for six requests sent at once: some are refused at the door (how many
     # depends on when each arrives; an admitted one holds its slot while MongoDB is
     # frozen); the others are answered once it thaws or their reads time out.
-    assert any("backpressure" in reply.text for reply in replies)
+    refused = [reply for reply in replies if "backpressure" in reply.text]
+    assert refused
+    assert all(reply.headers["retry-after"] == "1" for reply in refused)
 
 
 def test_serve_config_matches_the_deployment() -> None:

@@ -70,7 +70,7 @@ def run_itm_process(
     )
 
 
-def _as_in_a_terminal() -> None:
+def as_in_a_terminal() -> None:
     """Ctrl-C and Ctrl-\\ do what they do in a terminal, whatever the tests inherited: a
     shell script that starts a command in the background (``pytest &``) makes it
     ignore SIGINT, its children too, and a Python that starts so never raises
@@ -91,7 +91,7 @@ class ItmProcess:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
-            preexec_fn=_as_in_a_terminal,
+            preexec_fn=as_in_a_terminal,
         )
         self.pid = Pid.of(self.process.pid)
         self.lines: list[str] = []

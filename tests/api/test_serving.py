@@ -24,6 +24,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from itm.api.serving import (
     APP_NAME,
+    CONTROLLER_ENV,
     SERVE_ENV,
     ApiDeployment,
     serve_api,
@@ -131,6 +132,13 @@ def test_itm_run_serves_from_the_replica_on_loopback_only(tmp_path: Path) -> Non
         }
         assert len(internal) == 1
         assert beyond == internal, f"listening beyond loopback: {beyond - internal}"
+        # The controller's switches reach it: only the Ray that itm starts can pass them.
+        controller = next(
+            p
+            for p in psutil.Process(itm.process.pid).children(recursive=True)
+            if "ServeController" in " ".join(p.cmdline())
+        )
+        assert CONTROLLER_ENV.items() <= controller.environ().items()
     finally:
         itm.signal(signal.SIGINT, pause=0)
         code = itm.wait()

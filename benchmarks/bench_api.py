@@ -249,9 +249,10 @@ def server_process(
     URL and, after the block, the stop time."""
     port = free_port()
     env = {**os.environ, "ITM_MONGO_URI": uri, "ITM_DB": db, "PYTHONPATH": os.getcwd()}
-    # The request path is measured here, not the bound on reads (bench_api_load loads
-    # that): a turn at reading for every client, so that no request is refused.
-    env["ITM_API_MAX_READS"] = str(max(CLIENTS))
+    # The request path is measured here, not the bounds (bench_api_load loads those): a
+    # turn at reading and a place in the replica for every client, so that none is refused.
+    for bound in ("ITM_API_MAX_READS", "ITM_API_MAX_ONGOING", "ITM_API_MAX_QUEUED"):
+        env[bound] = str(max(CLIENTS))
     env |= {f"ITM_{name.upper()}": value for name, value in settings.items()}
     if server == "uvicorn":
         command = [

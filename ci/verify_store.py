@@ -19,7 +19,9 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
 expect = json.loads(sys.argv[1])
-db = MongoClient(os.environ["ITM_MONGO_URI"], serverSelectionTimeoutMS=10_000)[
+# As long as the stack's own first checks wait: a loaded machine's MongoDB (or its name
+# server) can take more than 10 s to answer a new client, as seen once in CI.
+db = MongoClient(os.environ["ITM_MONGO_URI"], serverSelectionTimeoutMS=60_000)[
     os.environ.get("ITM_DB", "itm")
 ]
 

@@ -146,13 +146,15 @@ def image_page(
     return cut(docs, limit)
 
 
-def cut(docs: list[dict[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str | None]:
-    """The first ``limit`` of ``docs`` (images, newest first), and the cursor after them
-    when ``docs`` holds more."""
+def cut(
+    docs: list[dict[str, Any]], limit: int, at: str = "inserted_at", key: str = "md5"
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The first ``limit`` of ``docs`` (newest first by ``at``, then ``key``: images by
+    default), and the cursor after them when ``docs`` holds more."""
     if len(docs) <= limit:
         return docs, None
     last = docs[limit - 1]
-    return docs[:limit], encode_cursor(last["inserted_at"], last["md5"])
+    return docs[:limit], encode_cursor(last[at], last[key])
 
 
 def first_page(
@@ -316,10 +318,7 @@ def run_page(
         at, key = after
         query = {"$or": [{"started_at": {"$lt": at}}, {"started_at": at, "_id": {"$lt": key}}]}
     docs = list(db[RUNS].find(query, RUN_FIELDS).sort(RUNS_NEWEST_FIRST).limit(limit + 1))
-    if len(docs) <= limit:
-        return docs, None
-    last = docs[limit - 1]
-    return docs[:limit], encode_cursor(last["started_at"], last["_id"])
+    return cut(docs, limit, "started_at", "_id")
 
 
 def run_totals(db: Database[Any], run: dict[str, Any]) -> RunTotals:

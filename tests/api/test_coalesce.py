@@ -36,15 +36,19 @@ class Gate:
         assert self.started.acquire(timeout=10)
         return future
 
+    def together(self, coalescer: Coalescer, key: str, callers: int) -> set[str]:
+        """What ``callers`` calls of ``coalescer(key)`` got, all made while the first runs."""
+        with ThreadPoolExecutor(callers) as pool:
+            first = self.first_run(pool, coalescer, key)
+            rest = [pool.submit(coalescer, key) for _ in range(callers - 1)]
+            self.open.set()
+            return {f.result() for f in [first, *rest]}
+
 
 def test_identical_concurrent_calls_share_one_run() -> None:
     gate = Gate()
     coalescer = Coalescer(gate, running=1, waiting=0)
-    with ThreadPoolExecutor(8) as pool:
-        first = gate.first_run(pool, coalescer, "a")
-        rest = [pool.submit(coalescer, "a") for _ in range(7)]
-        gate.open.set()
-        assert {f.result() for f in [first, *rest]} == {"A"}
+    assert gate.together(coalescer, "a", 8) == {"A"}
     assert gate.runs == {"a": 1}
     assert coalescer("a") == "A" and gate.runs == {"a": 1}  # remembered
 
@@ -114,11 +118,7 @@ def test_a_value_is_reused_until_max_age_then_made_again() -> None:
 def test_max_age_zero_keeps_nothing_but_concurrent_calls_still_share() -> None:
     gate = Gate()
     coalescer = Coalescer(gate, running=1, waiting=0, max_age=0, clock=Clock())
-    with ThreadPoolExecutor(4) as pool:
-        first = gate.first_run(pool, coalescer, "a")
-        rest = [pool.submit(coalescer, "a") for _ in range(3)]
-        gate.open.set()
-        assert {f.result() for f in [first, *rest]} == {"A"}
+    assert gate.together(coalescer, "a", 4) == {"A"}
     assert gate.runs == {"a": 1}
     coalescer("a")
     assert gate.runs == {"a": 2}

@@ -219,8 +219,9 @@ for _ in range(60):
 print(f"Ray cluster: {len(nodes)} nodes")
 assert len(nodes) >= 2
 '
-# The job's user (the head's ITM_MONGO_URI) authenticates: itm's own 5 s check
-# must not meet a server still busy with a loaded machine's start.
+# The job's user (the head's ITM_MONGO_URI) authenticates. (The job's own first
+# check waits 30 s in the stack, ITM_MONGO_TIMEOUT: podman's DNS stalls 5-10 s while
+# a container joins or leaves the network, as the job's container does.)
 ctr exec "$head" python -c '
 import os, time
 from pymongo import MongoClient
@@ -240,10 +241,20 @@ ctr exec -i "$api" python - "$expect" --read-only <ci/verify_store.py
 python3 - "$expect" <<'EOF'
 import json, sys, urllib.request
 expect = json.loads(sys.argv[1])
+import time, urllib.error
 base = "http://127.0.0.1:5000"
-def get(path):
-    with urllib.request.urlopen(base + path, timeout=30) as reply:
-        return reply.status, reply.headers["Content-Type"], reply.read()
+def get(path, tries=10):
+    """A 503 is the API's "try again" (a MongoDB connection still opening, say):
+    wait its Retry-After, as a client should."""
+    try:
+        with urllib.request.urlopen(base + path, timeout=30) as reply:
+            return reply.status, reply.headers["Content-Type"], reply.read()
+    except urllib.error.HTTPError as error:
+        if error.code != 503 or tries == 1:
+            raise
+        print(f"GET {path}: 503, retrying in {error.headers['Retry-After']} s")
+        time.sleep(float(error.headers["Retry-After"]))
+        return get(path, tries - 1)
 status, _, body = get("/healthz")
 assert status == 200 and json.loads(body)["status"] == "ok", body
 print("GET /healthz: 200", body.decode())

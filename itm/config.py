@@ -144,6 +144,13 @@ class Settings:
         "zlib level of the stored grayscale PNG (0-9): 0 stores it uncompressed; "
         "with the run-length strategy itm uses, 1 is as small as 9 and fastest",
     )
+    mongo_timeout: float = _opt(
+        5.0,
+        "seconds the job waits for MongoDB's first answer before it stops with 'MongoDB "
+        "unreachable': short, so that a wrong URI fails fast; longer where a first "
+        "connection can be slow (podman's container DNS stalls 5-10 s while a "
+        "container joins or leaves the network)",
+    )
     mongo_retry_seconds: float = _opt(60.0, "how long the writer retries while MongoDB is away")
 
     def __post_init__(self) -> None:
@@ -159,7 +166,7 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name in ("connect_timeout", "read_timeout", "deadline", "api_timeout"):
+        for name in ("connect_timeout", "read_timeout", "deadline", "api_timeout", "mongo_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if self.api_snapshot_s < 0:

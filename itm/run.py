@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import ray
+from pymongo import MongoClient
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 from tqdm import tqdm
@@ -45,8 +46,13 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
 
 
-def check_mongo(uri: str) -> None:
-    client = connect(uri)
+def mongo_client(uri: str, settings: Settings) -> MongoClient[dict[str, Any]]:
+    """A client that gives up on a MongoDB that has not answered in ``--mongo-timeout``."""
+    return connect(uri, timeout_ms=round(settings.mongo_timeout * 1000))
+
+
+def check_mongo(uri: str, settings: Settings) -> None:
+    client = mongo_client(uri, settings)
     try:
         client.admin.command("ping")
     except PyMongoError as exc:
@@ -63,7 +69,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     the run it retries, read again from that run's input file.
     """
     writer = WriterActor.remote(mongo_uri, settings.db, settings.mongo_retry_seconds)
-    with contextlib.closing(connect(mongo_uri)) as client:
+    with contextlib.closing(mongo_client(mongo_uri, settings)) as client:
         db = client[settings.db]
         try:
             retry = _retry(settings, db, run_id)
@@ -146,7 +152,7 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     host = "localhost" if settings.host in ("0.0.0.0", "127.0.0.1", "::") else settings.host
     base = f"http://{host}:{settings.port}"
     assert settings.mongo_uri is not None  # set by main before serving
-    client = connect(settings.mongo_uri)
+    client = mongo_client(settings.mongo_uri, settings)
     newest, _ = image_page(client[settings.db], limit=1)
     client.close()
     example = newest[0]["md5"] if newest else "<md5>"
@@ -210,7 +216,7 @@ class Services:
     def _open_mongo(self) -> str:
         uri = self.embedded.start() if self.embedded is not None else self.settings.mongo_uri
         assert uri is not None  # no URI: the embedded server
-        check_mongo(uri)
+        check_mongo(uri, self.settings)
         return uri
 
     def _start_ray(self) -> None:

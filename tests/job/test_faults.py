@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
+import socketserver
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from pymongo import MongoClient
+from pymongo import MongoClient, uri_parser
 from pymongo.database import Database
 from ray.actor import ActorHandle
 
@@ -230,6 +234,64 @@ def test_exit_codes_say_why_the_job_could_not_run(
         run_itm(mongo_uri, db.name, urls, "--batch-size", "0")
     assert usage.value.code == 2
     assert run_itm(mongo_uri, db.name, urls) == 0  # a failed URL is data, not a crash
+
+
+class LateRelay(socketserver.ThreadingTCPServer):
+    """A TCP relay to MongoDB that forwards nothing for its first ``late`` seconds:
+    a network whose first connections are slow (as podman's DNS while a container
+    joins), then a MongoDB that answers."""
+
+    daemon_threads = True
+
+    def __init__(self, mongo_uri: str, late: float) -> None:
+        self.target = uri_parser.parse_uri(mongo_uri)["nodelist"][0]
+        self.opens_at = time.monotonic() + late
+        super().__init__(("127.0.0.1", 0), _Relay)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://127.0.0.1:{self.server_address[1]}/?directConnection=true"
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown()  # stops serve_forever before the socket closes
+        super().__exit__(*exc_info)
+
+
+class _Relay(socketserver.BaseRequestHandler):
+    server: LateRelay
+
+    def handle(self) -> None:
+        time.sleep(max(0.0, self.server.opens_at - time.monotonic()))
+        with socket.create_connection(self.server.target) as upstream:
+            back = threading.Thread(target=_pipe, args=(upstream, self.request), daemon=True)
+            back.start()
+            _pipe(self.request, upstream)
+            back.join()
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            sink.sendall(data)
+    with contextlib.suppress(OSError):
+        sink.shutdown(socket.SHUT_WR)
+
+
+def test_mongo_timeout_is_how_long_the_job_waits_for_a_first_answer(
+    mongo_uri: str,
+    db: Database,
+    tmp_path: Path,
+    ray_local: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
+    with LateRelay(mongo_uri, late=3.0) as relay:
+        assert run_itm(relay.uri, db.name, urls, "--mongo-timeout", "0.5") == 1
+        assert "unreachable: No servers found yet" in capsys.readouterr().err
+    with LateRelay(mongo_uri, late=3.0) as relay:
+        assert run_itm(relay.uri, db.name, urls, "--mongo-timeout", "30") == 0
+    assert "MongoDB at" not in capsys.readouterr().err
 
 
 def test_an_unreachable_ray_fails_fast(mongo_uri: str, tmp_path: Path) -> None:

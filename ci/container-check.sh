@@ -239,9 +239,8 @@ echo "job service: exit 0"
 api=$(container api)
 ctr exec -i "$api" python - "$expect" --read-only <ci/verify_store.py
 python3 - "$expect" <<'EOF'
-import json, sys, urllib.request
+import json, sys, time, urllib.error, urllib.request
 expect = json.loads(sys.argv[1])
-import time, urllib.error
 base = "http://127.0.0.1:5000"
 def get(path, tries=10):
     """A 503 is the API's "try again" (a MongoDB connection still opening, say):

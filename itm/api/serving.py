@@ -62,11 +62,12 @@ DIRECT_INGRESS_ENV = {
 
 def serve_env(settings: Settings) -> dict[str, str]:
     """The environment Serve's processes need for the request path ``settings`` asks for."""
+    env = {**SERVE_ENV, **CONTROLLER_ENV}
     if not settings.direct_ingress:
-        return {**SERVE_ENV, **CONTROLLER_ENV}
+        return env
     # Serve's range excludes its maximum: [port, port + 1) is the public port alone.
     port_range = {MIN_PORT: str(settings.port), MAX_PORT: str(settings.port + 1)}
-    return {**SERVE_ENV, **CONTROLLER_ENV, **DIRECT_INGRESS_ENV, **port_range}
+    return {**env, **DIRECT_INGRESS_ENV, **port_range}
 
 
 def apply_serve_env(settings: Settings) -> None:

@@ -38,7 +38,7 @@ from ray.actor import ActorHandle
 
 from itm.config import Settings
 from itm.job.download import HostHand, fetch
-from itm.job.host_gate import HostGate, start_host_tokens
+from itm.job.host_gate import LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
 from itm.job.urls import MAX_URL_LENGTH
 from itm.job.writer import MongoUnavailable
@@ -111,27 +111,19 @@ def groups(
     num_cpus=0, scheduling_strategy="SPREAD", max_retries=0, _generator_backpressure_num_objects=4
 )
 def download_batch(
-    lines: list[Line], settings: Settings, threads: int, host_tokens: ActorHandle[Any] | None
+    lines: list[Line], settings: Settings, threads: int, host_slots: ActorHandle[Any] | None
 ) -> Iterator[object]:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
     todo: queue.SimpleQueue[Line | None] = queue.SimpleQueue()
-    gate = None if host_tokens is None else HostGate(host_tokens, settings.per_host)
+    gate = None if host_slots is None else LocalGate(host_slots, settings.per_host)
     # A line is taken only when an earlier one has been handed over: memory stays flat.
     slots = threading.Semaphore(threads)
     workers = min(threads, len(lines))
 
     def work() -> None:
-        """Lines one after another; a thread with none waiting gives its host token back."""
-        with HostHand(gate) as hand:
-            while True:
-                try:
-                    line = todo.get_nowait()
-                except queue.Empty:
-                    hand.leave()
-                    line = todo.get()
-                if line is None:
-                    return
-                done.put((line, _download(line[1], settings, hand)))
+        hand = HostHand(gate)
+        while (line := todo.get()) is not None:
+            done.put((line, _download(line[1], settings, hand)))
 
     def feed() -> None:
         for line in lines:
@@ -150,6 +142,8 @@ def download_batch(
     finally:
         for _ in range(workers):  # each ends after its current line
             todo.put(None)
+        if gate is not None:
+            gate.close()
 
 
 # md5 shares the CPU slots with gray although it takes microseconds per image: a
@@ -233,9 +227,10 @@ class _Driver:
         self.threads = max(1, settings.concurrency // nodes)
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
         self.settings_ref = ray.put(settings)
-        # One actor for the whole cluster holds the per-host tokens (none for --per-host 0);
-        # a token is a lease of a line's deadline and then some.
-        self.host_tokens = start_host_tokens(settings.per_host, settings.deadline + BACKSTOP_GRACE)
+        # One actor for the whole cluster leases the per-host slots to download processes
+        # (none for --per-host 0); a silent process loses them after a line's deadline
+        # and then some.
+        self.host_slots = start_host_slots(settings.per_host, settings.deadline + BACKSTOP_GRACE)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
         self.writing: dict[ray.ObjectRef[Counts], tuple[list[Line], int]] = {}
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
@@ -244,21 +239,21 @@ class _Driver:
 
     def run(self, lines: Iterable[Line]) -> Counts:
         total = self._run(lines)
-        if self.host_tokens is not None:
+        if self.host_slots is not None:
             self._report_hosts()
         return total
 
     def _report_hosts(self) -> None:
         """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
-        assert self.host_tokens is not None
+        assert self.host_slots is not None
         try:
-            stats: dict[str, Any] = ray.get(self.host_tokens.stats.remote(), timeout=10)
+            stats: dict[str, Any] = ray.get(self.host_slots.stats.remote(), timeout=10)
         except ray.exceptions.RayError:
             return
         backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
         print(
-            f"itm: --per-host {self.settings.per_host}: {stats['granted']} tokens, "
-            f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; token "
+            f"itm: --per-host {self.settings.per_host}: {stats['granted']} slots granted, "
+            f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; slot "
             f"actor {stats['calls']} calls, {stats['cpu_seconds']:.2f} s CPU",
             flush=True,
         )
@@ -315,7 +310,7 @@ class _Driver:
 
     def _download(self, lines: list[Line], attempt: int) -> None:
         generator = self.download_batch.remote(
-            lines, self.settings_ref, self.threads, self.host_tokens
+            lines, self.settings_ref, self.threads, self.host_slots
         )
         self.downloading[generator] = _Chunk(dict(lines), attempt)
 

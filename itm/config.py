@@ -106,6 +106,11 @@ class Settings:
         "of one site does not hit it with every download slot at once. A host that keeps "
         "answering 429/503 is also backed off for the rest of the run",
     )
+    writers: int = _opt(
+        0,
+        "writer actors, each owning a fixed share of the md5 space (0: one per 4 nodes "
+        "of the cluster, so one on a single machine)",
+    )
     batch_size: int = _opt(
         32, "input lines per Ray task and per writer call: fewer tasks, workers and writes"
     )
@@ -171,8 +176,8 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.api_snapshot_s < 0:
             raise ValueError("api_snapshot_s cannot be negative")
-        if self.retries < 0 or self.max_redirects < 0 or self.per_host < 0:
-            raise ValueError("retries, max_redirects and per_host cannot be negative")
+        if min(self.retries, self.max_redirects, self.per_host, self.writers) < 0:
+            raise ValueError("retries, max_redirects, per_host and writers cannot be negative")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
         if self.retry_failed and self.resume:

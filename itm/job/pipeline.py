@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -181,9 +181,15 @@ class _Chunk:
     since: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
+def shard_of(md5: str | None, line: int, shards: int) -> int:
+    """The writer of a line: the one that owns its image's share of the md5 space, so an
+    image is always written by the same writer; a line without an image by its number."""
+    return line % shards if md5 is None else int(md5[:8], 16) % shards
+
+
 def run_batches(
     lines: Iterable[Line],
-    writer: ActorHandle[Any],
+    writers: Sequence[ActorHandle[Any]],
     run_id: str,
     settings: Settings,
     on_batch: Callable[[Counts], None] = lambda counts: None,
@@ -192,22 +198,35 @@ def run_batches(
 
     Sizing adapts to the cluster: one download task per node (``concurrency``
     threads in all), plus one while a task finishes its slowest lines; at most two
-    groups per CPU between download and writer, so the grayscale tasks fill every
+    groups per CPU between download and writers, so the grayscale tasks fill every
     CPU while memory stays flat however long the input is. That also bounds Ray's
-    worker processes: one per download task, one per CPU, one for the writer.
+    worker processes: one per download task, one per CPU, one per writer. The first
+    writer also keeps the run's heartbeat.
     """
-    return _Driver(writer, run_id, settings, on_batch).run(lines)
+    return _Driver(writers, run_id, settings, on_batch).run(lines)
+
+
+@dataclass
+class _Group:
+    """Lines between their download and their writers: the ``lines`` of ``attempt``,
+    whose grayscale ``grays`` the writers read; ``writes`` still to be done."""
+
+    lines: list[Line]
+    attempt: int
+    grays: ray.ObjectRef[list[GrayImage | Failure]] | None = None
+    writes: int = 0
 
 
 class _Driver:
     def __init__(
         self,
-        writer: ActorHandle[Any],
+        writers: Sequence[ActorHandle[Any]],
         run_id: str,
         settings: Settings,
         on_batch: Callable[[Counts], None],
     ) -> None:
-        self.writer, self.run_id, self.settings, self.on_batch = writer, run_id, settings, on_batch
+        self.writers, self.run_id, self.settings = list(writers), run_id, settings
+        self.on_batch = on_batch
         resource = settings.download_resource
         # Download tasks run on the nodes that offer the download resource, if one is set.
         self.download_batch = (
@@ -232,7 +251,9 @@ class _Driver:
         # and then some.
         self.host_slots = start_host_slots(settings.per_host, settings.deadline + BACKSTOP_GRACE)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
-        self.writing: dict[ray.ObjectRef[Counts], tuple[list[Line], int]] = {}
+        self.routing: dict[ray.ObjectRef[list[str | None]], _Group] = {}  # md5s to come
+        self.writing: dict[ray.ObjectRef[Counts], tuple[_Group, list[Line]]] = {}
+        self.groups = 0  # between download and writers
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
         self.total = Counts()
         self.reported = 0.0  # monotonic time of the last heartbeat
@@ -269,10 +290,12 @@ class _Driver:
                     self._download(part, 1)
                 else:
                     exhausted = True
-            if not self.downloading and not self.writing and not self.again:
+            if not self.downloading and not self.groups and not self.again:
                 return self.total
-            has_room = len(self.writing) < self.groups_cap
-            waitables = [*self.downloading, *self.writing] if has_room else [*self.writing]
+            has_room = self.groups < self.groups_cap
+            waitables = [*self.routing, *self.writing]
+            if has_room:
+                waitables += self.downloading
             ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
             now = time.monotonic()
             for chunk in self.downloading.values():
@@ -281,13 +304,15 @@ class _Driver:
             for ref in ready:
                 if isinstance(ref, ObjectRefGenerator):
                     self._take_group(ref)
+                elif ref in self.routing:
+                    self._route(ref)
                 else:
                     self._written(ref)
             self._backstop(now)
             if now - self.reported >= PROGRESS_EVERY:
                 self.reported = now
                 # Fire and forget: the writer records it between two batches.
-                self.writer.progress.remote(self.run_id, self._oldest_in_flight())
+                self.writers[0].progress.remote(self.run_id, self._oldest_in_flight())
 
     def _oldest_in_flight(self) -> list[dict[str, Any]]:
         """The first lines still pending in the oldest download tasks: a task's threads
@@ -301,7 +326,7 @@ class _Driver:
         return oldest[:IN_FLIGHT_SHOWN]
 
     def _room_for_a_download(self) -> bool:
-        if len(self.writing) >= self.groups_cap or len(self.downloading) > self.nodes:
+        if self.groups >= self.groups_cap or len(self.downloading) > self.nodes:
             return False
         # Past one task per node, a new one only while another finishes its last lines.
         return len(self.downloading) < self.nodes or any(
@@ -331,21 +356,55 @@ class _Driver:
         chunk.quiet_since = time.monotonic()
         md5s = md5_batch.remote(data)
         grays = gray_batch.remote(data, self.settings_ref)
-        self.writing[self.writer.write.remote(self.run_id, group, md5s, grays)] = (
-            group,
-            chunk.attempt,
-        )
+        self.groups += 1
+        if len(self.writers) == 1:  # no routing: the writer waits for md5s and grays itself
+            self._write(_Group(group, chunk.attempt, grays), group, md5s)
+        else:
+            self.routing[md5s] = _Group(group, chunk.attempt, grays)
+
+    def _route(self, ref: ray.ObjectRef[list[str | None]]) -> None:
+        """A group's md5s are known: each writer gets the lines of its share."""
+        group = self.routing.pop(ref)
+        try:
+            md5s = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # no writer has seen these lines
+            self.groups -= 1
+            self._retry(group.lines, group.attempt, exc)
+            return
+        shares: dict[int, list[int]] = {}
+        for at, ((line, _), md5) in enumerate(zip(group.lines, md5s, strict=True)):
+            shares.setdefault(shard_of(md5, line, len(self.writers)), []).append(at)
+        for shard, positions in shares.items():
+            lines = [group.lines[at] for at in positions]
+            self._write(group, lines, [md5s[at] for at in positions], positions, shard)
+
+    def _write(
+        self,
+        group: _Group,
+        lines: list[Line],
+        md5s: ray.ObjectRef[list[str | None]] | list[str | None],
+        positions: list[int] | None = None,
+        shard: int = 0,
+    ) -> None:
+        """One writer call; the writer reads its lines' grayscale from the group's."""
+        write = self.writers[shard].write.remote
+        ref = write(self.run_id, lines, md5s, group.grays, positions)
+        group.writes += 1
+        self.writing[ref] = (group, lines)
 
     def _written(self, ref: ray.ObjectRef[Counts]) -> None:
-        group, attempt = self.writing.pop(ref)
+        group, lines = self.writing.pop(ref)
+        group.writes -= 1
+        if group.writes == 0:
+            self.groups -= 1
         try:
             counts = ray.get(ref)
         except (MongoUnavailable, ray.exceptions.RayActorError):
             raise  # the writer itself is gone or gave up: the job cannot go on
         except ray.exceptions.RayError as exc:
             # md5 or gray failed for good, or the group's bytes were lost: the writer
-            # has seen none of these lines; download them again, as a whole.
-            self._retry(group, attempt, exc)
+            # has seen none of these lines; download them again.
+            self._retry(lines, group.attempt, exc)
             return
         self.total.add(counts)
         self.on_batch(counts)
@@ -361,11 +420,15 @@ class _Driver:
         self._record(lines, Failure(Reason.WORKER_FAILED, f"a task of this batch failed: {detail}"))
 
     def _record(self, lines: list[Line], failure: Failure) -> None:
-        """Write lines that have no bytes as errors."""
-        ref = self.writer.write.remote(
-            self.run_id, lines, [None] * len(lines), [failure] * len(lines)
-        )
-        self.writing[ref] = (lines, ATTEMPTS)
+        """Write lines that have no bytes as errors, each by the writer of its number."""
+        group = _Group(lines, ATTEMPTS, ray.put([failure] * len(lines)))
+        self.groups += 1
+        shares: dict[int, list[int]] = {}
+        for at, (line, _) in enumerate(lines):
+            shares.setdefault(shard_of(None, line, len(self.writers)), []).append(at)
+        for shard, positions in shares.items():
+            picked = [lines[at] for at in positions]
+            self._write(group, picked, [None] * len(picked), positions, shard)
 
     def _backstop(self, now: float) -> None:
         """Cancel a download task silent for longer than any line may take; its lines time out.

@@ -27,7 +27,7 @@ from itm.embedded import EmbeddedMongo, free_port
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
-from itm.job.writer import MongoWriter, WriterActor
+from itm.job.writer import MongoWriter, start_writers
 from itm.outcomes import Counts, Failure
 from tests.support.jobs import ItmProcess, job_flags, run_itm, run_itm_process, write_urls
 from tests.support.servers import PicsumServer, jpeg, picsum_lines
@@ -90,24 +90,27 @@ def pipeline_run(
     db: Database,
     lines: list[str],
     tmp_path: Path,
-    on_batch: Callable[[ActorHandle], None],
+    on_batch: Callable[[list[ActorHandle]], None],
     latency: float,
+    writers: int = 1,
 ) -> Counts:
-    """``lines`` (picsum paths) through ``run_batches`` with a fresh writer, as run "faults"."""
-    writer = WriterActor.remote(mongo_uri, db.name)
-    ray.get(writer.start_run.remote("faults", "urls.txt", False))
+    """``lines`` (picsum paths) through ``run_batches`` with fresh writers, as run "faults"."""
+    started = start_writers(mongo_uri, db.name, 60.0, writers)
+    ray.get(started[0].start_run.remote("faults", "urls.txt", False))
     with PicsumServer(latency=latency) as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, lines))
         return run_batches(
             read_lines(urls, set()),
-            writer,
+            started,
             "faults",
             Settings(batch_size=8, concurrency=32, allow_private_addresses=True),
-            lambda _: on_batch(writer),
+            lambda _: on_batch(started),
         )
 
 
+@pytest.mark.parametrize("writers", [1, 3])
 def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(
+    writers: int,
     mongo_uri: str,
     db: Database,
     ray_local: None,
@@ -116,13 +119,15 @@ def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(
 ) -> None:
     batches = 0
 
-    def kill_now_and_then(writer: ActorHandle) -> None:
+    def kill_now_and_then(started: list[ActorHandle]) -> None:
         nonlocal batches
         batches += 1
         if batches in (3, 20):  # with later batches queued or running in the writer
-            ray.kill(writer, no_restart=False)
+            ray.kill(started[batches % writers], no_restart=False)
 
-    total = pipeline_run(mongo_uri, db, canonical_lines[:300], tmp_path, kill_now_and_then, 0.01)
+    total = pipeline_run(
+        mongo_uri, db, canonical_lines[:300], tmp_path, kill_now_and_then, 0.01, writers
+    )
     assert total.lines == 300
     assert_exact(db, "faults", 300)
 
@@ -152,7 +157,7 @@ def test_killed_task_workers_are_retried_by_ray(
 ) -> None:
     killed = []
 
-    def kill_busy_workers(writer: ActorHandle) -> None:
+    def kill_busy_workers(writers: list[ActorHandle]) -> None:
         if len(killed) < 3:
             killed.append(kill_task_workers())
 

@@ -81,9 +81,10 @@ def _open_order() -> tuple[str, ...]:
 
 
 def guess_format(head: bytes) -> str | None:
-    """The first of Pillow's formats (refused ones included) whose signature ``head`` has."""
+    """The format whose signature ``head`` has: a refused one first (a file may have the
+    signatures of several), then the first of the others in Pillow's order."""
     Image.init()
-    for name in Image.ID:
+    for name in sorted(Image.ID, key=lambda name: name not in REFUSED_FORMATS):
         accept = Image.OPEN[name][1]
         try:
             if accept is not None and accept(head) is True:
@@ -137,7 +138,7 @@ def open_image(data: bytes | memoryview | np.ndarray, max_pixels: int) -> ImageF
             ) from None
         if guessed is None:
             raise Failure(
-                Reason.NOT_AN_IMAGE, f"no image format Pillow reads: {_about(buffer)}"
+                Reason.NOT_AN_IMAGE, f"no image format itm accepts: {_about(buffer)}"
             ) from None
         raise Failure(
             Reason.NOT_AN_IMAGE, f"{guessed} signature, but no valid header: {_about(buffer)}"
@@ -152,18 +153,16 @@ def open_image(data: bytes | memoryview | np.ndarray, max_pixels: int) -> ImageF
         ) from None
 
 
-def _load(image: ImageFile.ImageFile, max_pixels: int) -> None:
-    """Decode the first frame (of an animated GIF, WebP or PNG too)."""
+def _load(image: ImageFile.ImageFile, max_pixels: int, size: int) -> None:
+    """Decode the first frame (of an animated GIF, WebP or PNG too) of ``size`` bytes."""
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _bomb(exc, f"{image.format} data whose decoder asks for an image", max_pixels)
     # Pillow signals corrupt data with many exception types, truncation included.
     except Exception as exc:
-        size = len(image.fp.getbuffer()) if isinstance(image.fp, io.BytesIO) else None
-        read = f" ({size:,} bytes)" if size is not None else ""
         raise Failure(
-            Reason.NOT_AN_IMAGE, f"{image.format} data Pillow cannot decode{read}: {exc}"
+            Reason.NOT_AN_IMAGE, f"{image.format} data Pillow cannot decode ({size:,} bytes): {exc}"
         ) from None
 
 
@@ -172,7 +171,7 @@ def decode(data: bytes | memoryview | np.ndarray, max_pixels: int) -> Image.Imag
     for its orientation); raises ``Failure`` on bad data."""
     with _pixel_limit(max_pixels):
         image = open_image(data, max_pixels)
-        _load(image, max_pixels)
+        _load(image, max_pixels, len(_buffer(data)))
     return image
 
 
@@ -271,7 +270,7 @@ def grayscale_png(
     with _pixel_limit(max_pixels):
         image = open_image(data, max_pixels)
         with turn(image.width * image.height):
-            _load(image, max_pixels)
+            _load(image, max_pixels, len(_buffer(data)))
             pixels, mode = to_gray(image)
             del image  # the decoded image is freed before the PNG is encoded
             height, width = pixels.shape[:2]

@@ -158,7 +158,9 @@ def _load(image: ImageFile.ImageFile, max_pixels: int, size: int) -> None:
     try:
         image.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _bomb(exc, f"{image.format} data whose decoder asks for an image", max_pixels)
+        raise _bomb(
+            exc, f"{image.format} data whose decoder asks for an image", max_pixels
+        ) from None
     # Pillow signals corrupt data with many exception types, truncation included.
     except Exception as exc:
         raise Failure(
@@ -194,7 +196,7 @@ def _gray_strip(strip: Image.Image, alpha: bool) -> np.ndarray:
         # Wider samples are read on the 16-bit scale, whatever the container: their
         # high byte. A tRNS value marks transparent pixels, as in 8-bit PNGs.
         values = np.asarray(strip)
-        gray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+        gray: np.ndarray = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
         if not alpha:
             return gray
         opaque = values != strip.info["transparency"]

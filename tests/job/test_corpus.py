@@ -111,8 +111,9 @@ def test_every_line_is_exactly_what_pillow_documents(
         assert image is not None
         gray, stored_mode = stored_pixels(image)
         if stored_mode != mode or gray.shape != pixels.shape or not np.array_equal(gray, pixels):
-            wrong.append(f"{sample.name}: stored {stored_mode} {gray.shape}, expected {mode} "
-                         f"{pixels.shape}")
+            wrong.append(
+                f"{sample.name}: stored {stored_mode} {gray.shape}, expected {mode} {pixels.shape}"
+            )
         assert (image["width"], image["height"]) == (pixels.shape[1], pixels.shape[0])
     print("corpus:", dict(sorted(yields.items())))
     assert wrong == []

@@ -125,24 +125,26 @@ def wide_values(seed: int) -> np.ndarray:
 
 def _color() -> Iterator[tuple[str, bytes]]:
     rgb = picture(1)
-    for number, (fmt, options) in enumerate([
-        ("JPEG", {"quality": 90}),
-        ("PNG", {}),
-        ("WEBP", {"lossless": True}),
-        ("WEBP", {"quality": 80}),
-        ("BMP", {}),
-        ("TIFF", {}),
-        ("TIFF", {"compression": "tiff_lzw"}),
-        ("PPM", {}),
-        ("TGA", {}),
-        ("PCX", {}),
-        ("SGI", {}),
-        ("QOI", {}),
-        ("IM", {}),
-        ("JPEG2000", {}),
-        ("AVIF", {}),
-        ("DDS", {}),
-    ]):
+    for number, (fmt, options) in enumerate(
+        [
+            ("JPEG", {"quality": 90}),
+            ("PNG", {}),
+            ("WEBP", {"lossless": True}),
+            ("WEBP", {"quality": 80}),
+            ("BMP", {}),
+            ("TIFF", {}),
+            ("TIFF", {"compression": "tiff_lzw"}),
+            ("PPM", {}),
+            ("TGA", {}),
+            ("PCX", {}),
+            ("SGI", {}),
+            ("QOI", {}),
+            ("IM", {}),
+            ("JPEG2000", {}),
+            ("AVIF", {}),
+            ("DDS", {}),
+        ]
+    ):
         yield f"rgb-{number}-{fmt}", saved(rgb, fmt, **options)
     yield "cmyk-jpeg", saved(rgb.convert("CMYK"), "JPEG")
     yield "cmyk-tiff", saved(rgb.convert("CMYK"), "TIFF")
@@ -203,8 +205,9 @@ def _wide_gray() -> Iterator[tuple[str, bytes]]:
         yield f"i16-{fmt}", saved(sixteen, fmt)
     rows = values.astype(">u2").tobytes()
     yield "pgm-12bit", b"P5\n%d %d\n4095\n" % SIZE + (values >> 4).astype(">u2").tobytes()
-    yield "pgm-16bit-ascii", b"P2\n%d %d\n65535\n" % SIZE + b" ".join(
-        b"%d" % v for v in values.ravel()
+    yield (
+        "pgm-16bit-ascii",
+        b"P2\n%d %d\n65535\n" % SIZE + b" ".join(b"%d" % v for v in values.ravel()),
     )
     yield "pgm-16bit", b"P5\n%d %d\n65535\n" % SIZE + rows
     yield "tiff-int16", tiff_of((values.astype(np.int32) - 32768).astype(np.int16))
@@ -267,8 +270,9 @@ def _frames() -> Iterator[tuple[str, bytes]]:
     yield "mpo", saved(first, "MPO", save_all=True, append_images=rest)
     yield "ico-sizes", saved(first, "ICO", sizes=[(8, 8), SIZE])
     yield "icns", saved(picture(14).resize((32, 32)), "ICNS")
-    yield "anim-gif-alpha", saved(
-        with_alpha(first), "GIF", save_all=True, append_images=[with_alpha(f) for f in rest]
+    yield (
+        "anim-gif-alpha",
+        saved(with_alpha(first), "GIF", save_all=True, append_images=[with_alpha(f) for f in rest]),
     )
 
 

@@ -143,7 +143,11 @@ class Settings:
         "with --resources='{\"NAME\": 1}'): on a cluster where only some nodes reach the "
         "image hosts; none: every node downloads",
     )
-    max_pixels: int = _opt(50_000_000, "largest image decoded (width x height): bomb guard")
+    max_pixels: int = _opt(
+        50_000_000,
+        "largest image decoded (width x height): bomb guard, checked on the header and "
+        "wherever a decoder picks a size; Pillow's own limit too",
+    )
     png_level: int = _opt(
         1,
         "zlib level of the stored grayscale PNG (0-9): 0 stores it uncompressed; "

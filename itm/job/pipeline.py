@@ -37,6 +37,7 @@ from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 
 from itm.config import Settings
+from itm.job.decode_turns import decode_turn
 from itm.job.download import HostHand, fetch
 from itm.job.host_gate import LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
@@ -164,7 +165,7 @@ def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
         return item.failure
     assert item.data is not None  # a download has its bytes or its failure
     try:
-        return grayscale_png(item.data, settings.max_pixels, settings.png_level)
+        return grayscale_png(item.data, settings.max_pixels, settings.png_level, decode_turn)
     except Failure as failure:
         return failure
     except Exception as exc:  # a decoder bug must not cost the other lines of the batch

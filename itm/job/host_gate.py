@@ -28,7 +28,7 @@ from typing import Any
 import ray
 from ray.actor import ActorHandle
 
-from itm.job.politeness import REFUSALS, Change, Grant, HostSlots, Mail
+from itm.job.politeness import REFUSALS, Change, Grant, HostSlots, Mail, with_answers
 
 ACTOR_NAME = "itm-host-slots"  # in the driver's own namespace: one per driver
 POLL = 1.0  # seconds a poll waits for mail: the process's heartbeat
@@ -145,6 +145,7 @@ class LocalGate:
         self._changed = threading.Condition(self._lock)
         self._hosts: dict[str, _Host] = {}
         self._dirty: set[str] = set()
+        self._urgent = False  # a change the actor must hear of now
         self._timed_out = 0
         self._closed = False
         self._threads = [
@@ -182,9 +183,10 @@ class LocalGate:
         with self._lock:
             state = self._hosts[host]
             state.busy -= 1
-            if statuses:
-                self._note(host, state, statuses=statuses, retry_after=retry_after)
-            if REFUSALS.intersection(statuses):
+            refused = bool(REFUSALS.intersection(statuses))
+            if statuses:  # refusals at once; other answers with the next call
+                self._note(host, state, urgent=refused, statuses=statuses, retry_after=retry_after)
+            if refused:
                 state.single = True  # until the actor says otherwise: let it space the starts
             if state.single or state.recalled:
                 state.recalled = max(0, state.recalled - 1)
@@ -221,18 +223,21 @@ class LocalGate:
         if state.free() > 0:
             state.idle_since = now
 
-    def _note(self, host: str, state: _Host, **change: Any) -> None:
-        """Add to what the next call tells the actor about ``host``."""
+    def _note(self, host: str, state: _Host, urgent: bool = True, **change: Any) -> None:
+        """Add to what the next call tells the actor about ``host``; an ``urgent`` change
+        makes that call now, the others wait for one (at most ``KEEP`` / 2 seconds)."""
         pending = state.change
         for key, value in change.items():
             if key == "statuses":
-                pending[key] = pending.get(key, ()) + tuple(value)
+                pending["answers"] = with_answers(pending.get("answers", ()), value)
             elif key == "retry_after":
                 pending[key] = value if value is not None else pending.get(key)
             else:
                 pending[key] = pending.get(key, 0) + value
         self._dirty.add(host)
-        self._changed.notify()
+        if urgent:
+            self._urgent = True
+            self._changed.notify()
 
     def _apply(self, mail: Mail, now: float) -> None:
         for host, grant in mail.grants.items():
@@ -278,7 +283,8 @@ class LocalGate:
         """One call at a time: what changed while a call was on its way goes in the next."""
         while True:
             with self._lock:
-                self._changed.wait_for(lambda: self._dirty or self._closed, timeout=KEEP / 2)
+                self._changed.wait_for(lambda: self._urgent or self._closed, timeout=KEEP / 2)
+                self._urgent = False
                 self._expire(time.monotonic())
                 changes, timed_out = self._take_changes(), self._timed_out
                 self._timed_out = 0

@@ -49,13 +49,27 @@ def pause_of(score: int) -> float:
 class Change:
     """What a holder tells about one host: slots it wants more of (``ask``) or no longer
     waits for (``cancel``), slots it gives back, and the host's answers since its last
-    call, in order (with the last ``Retry-After``, seconds, if any)."""
+    call, in order, as runs (``answers``: ``k > 0`` is k refusals in a row, ``k < 0``
+    is -k other answers), with the last ``Retry-After`` (seconds), if any."""
 
     ask: int = 0
     cancel: int = 0
     give_back: int = 0
-    statuses: tuple[int, ...] = ()
+    answers: tuple[int, ...] = ()
     retry_after: float | None = None
+
+
+def with_answers(runs: tuple[int, ...], statuses: list[int]) -> tuple[int, ...]:
+    """``runs`` (``Change.answers``) followed by ``statuses``: a host answering 200 a
+    thousand times is one number to send, not a thousand."""
+    out = list(runs)
+    for status in statuses:
+        step = 1 if status in REFUSALS else -1
+        if out and (out[-1] > 0) == (step > 0):
+            out[-1] += step
+        else:
+            out.append(step)
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -124,8 +138,8 @@ class HostSlots:
         self._seen[holder] = now
         for name, change in changes.items():
             host = self._host(name)
-            for status in change.statuses:
-                self._answered(name, host, status, now, change.retry_after)
+            for run in change.answers:
+                self._answered(name, host, run, now, change.retry_after)
             if change.give_back:
                 self._take_back(host, holder, change.give_back)
             wanted = host.waiting.get(holder, 0) + change.ask - change.cancel
@@ -234,20 +248,20 @@ class HostSlots:
         return min(self._seen.values()) + self.lease if self._seen else None
 
     def _answered(
-        self, name: str, host: _Host, status: int, now: float, retry_after: float | None
+        self, name: str, host: _Host, run: int, now: float, retry_after: float | None
     ) -> None:
-        """Score an answer; a host that enters its backoff calls back every slot it has out
-        (they were granted for any number of starts)."""
+        """Score a run of answers (``Change.answers``); a host that enters its backoff
+        calls back every slot it has out (they were granted for any number of starts)."""
         was_backed_off = _backed_off(host, now)
-        if status in REFUSALS:
-            host.score += 1
-            host.refusals += 1
+        if run > 0:
+            host.score += run
+            host.refusals += run
             if host.score >= REFUSALS_BEFORE_BACKOFF:
                 self.stats.backed_off[name] = host.refusals
             if retry_after:
                 host.not_before = max(host.not_before, now + min(retry_after, BACKOFF_CAP))
         else:
-            host.score = max(0, host.score - 1)
+            host.score = max(0, host.score + run)
         if _backed_off(host, now) and not was_backed_off:
             for holder, slots in host.held.items():
                 if slots > host.recalled.get(holder, 0):

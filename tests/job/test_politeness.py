@@ -13,6 +13,7 @@ from itm.job.politeness import (
     Grant,
     HostSlots,
     pause_of,
+    with_answers,
 )
 
 
@@ -100,7 +101,12 @@ def test_pauses_grow_with_the_refusals_up_to_a_cap() -> None:
 
 
 def refused(times: int) -> Change:
-    return Change(statuses=(503,) * times)
+    return Change(answers=with_answers((), [503] * times))
+
+
+def test_answers_are_sent_as_runs() -> None:
+    assert with_answers((), [200, 200, 503, 429, 404]) == (-2, 2, -1)
+    assert with_answers((-2,), [200, 503]) == (-3, 1)
 
 
 def test_a_backed_off_host_gets_single_starts_spaced_by_its_pause() -> None:
@@ -116,13 +122,13 @@ def test_a_backed_off_host_gets_single_starts_spaced_by_its_pause() -> None:
     assert slots.grant(0.1) == BACKOFF_FIRST  # one start per pause after the last grant
     assert slots.mail("p").grants == {}
     assert granted(slots, "p", BACKOFF_FIRST) == {"a": Grant(1, True)}
-    slots.tell("p", {"a": Change(give_back=1, statuses=(429,))}, 1.5)  # the pause doubles
+    slots.tell("p", {"a": Change(give_back=1, answers=(1,))}, 1.5)  # the pause doubles
     assert slots.grant(1.5) == BACKOFF_FIRST + 2 * BACKOFF_FIRST
 
 
 def test_answers_step_the_backoff_down() -> None:
     slots = HostSlots(per_host=8, lease=60)
-    slots.tell("p", {"a": Change(statuses=(503,) * REFUSALS_BEFORE_BACKOFF + (200,))}, 0.0)
+    slots.tell("p", {"a": Change(answers=with_answers((), [503, 503, 503, 200]))}, 0.0)
     slots.tell("p", {"a": Change(ask=2)}, 0.0)
     assert granted(slots, "p") == {"a": Grant(2, False)}  # below the threshold: no pause
 
@@ -130,7 +136,7 @@ def test_answers_step_the_backoff_down() -> None:
 @pytest.mark.parametrize(("retry_after", "until"), [(2.0, 3.0), (500.0, 1.0 + BACKOFF_CAP)])
 def test_retry_after_holds_the_whole_host_within_the_cap(retry_after: float, until: float) -> None:
     slots = HostSlots(per_host=8, lease=600)
-    slots.tell("p", {"a": Change(statuses=(503,), retry_after=retry_after, ask=1)}, 1.0)
+    slots.tell("p", {"a": Change(answers=(1,), retry_after=retry_after, ask=1)}, 1.0)
     assert slots.grant(1.0) == until
     assert slots.mail("p").grants == {}
     assert granted(slots, "p", until) == {"a": Grant(1, False)}  # the wait is over

@@ -30,7 +30,7 @@ from itm.api import queries, runview
 from itm.api.chart import histogram_png
 from itm.api.coalesce import Busy, Coalescer, Gate
 from itm.api.dashboard import render_dashboard
-from itm.api.histogram import totals
+from itm.api.histogram import chart_buckets, totals
 from itm.api.models import (
     Health,
     ImageItem,
@@ -388,7 +388,10 @@ def monitoring(
         )
         return Response(body.model_dump_json(), media_type="application/json")
     empty = "no data yet" if since is None and until is None else "no data in this window"
-    return Response(histogram_png(buckets, empty), media_type=PNG)
+    drawn = chart_buckets(
+        window, buckets, keep_since=since is not None, keep_until=until is not None
+    )
+    return Response(histogram_png(drawn, empty), media_type=PNG)
 
 
 def _runs(request: Request, runs: Sequence[tuple[dict[str, Any], RunTotals]]) -> list[Run]:

@@ -12,15 +12,17 @@ import pytest
 from PIL import Image
 
 from itm.api.chart import (
+    AXES_PIXELS,
     DPI,
     ERROR_COLOR,
+    MARGINS,
     SIZE_INCHES,
     SUCCESS_COLOR,
     histogram_png,
     render_histogram,
 )
 from itm.api.coalesce import Busy
-from itm.api.histogram import Bucket
+from itm.api.histogram import CHART_MINUTES, Bucket, Window, chart_buckets
 from itm.store import MINUTE
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
@@ -47,6 +49,49 @@ def buckets(n: int, seed: int = 0) -> list[Bucket]:
     return [
         Bucket(T0 + i * MINUTE, int(rng.integers(0, 9)), int(rng.integers(0, 4))) for i in range(n)
     ]
+
+
+def color_runs(rgb: np.ndarray, color: str) -> list[tuple[int, int]]:
+    """The [start, end) pixel columns of the axes where ``color`` shows, run by run."""
+    left = round(SIZE[0] * MARGINS["left"])
+    wanted = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
+    near = (np.abs(rgb.astype(int) - wanted).sum(axis=2) < 30).any(axis=0)
+    columns = np.flatnonzero(near[left : left + round(AXES_PIXELS)]) + left
+    if columns.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(columns) > 1)
+    starts = [columns[0], *columns[breaks + 1]]
+    ends = [*(columns[breaks] + 1), columns[-1] + 1]
+    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+def drawn(minutes: int) -> bytes:
+    """The chart of a run of ``minutes`` busy minutes, as the API draws its default window."""
+    data = buckets(minutes, seed=minutes)
+    data = [Bucket(b.minute, b.success + 1, b.error) for b in data]  # every minute has bars
+    window = Window(data[0].minute, data[-1].minute)
+    return render_histogram(chart_buckets(window, data, keep_since=False, keep_until=False))
+
+
+def test_one_minute_is_one_bar_in_its_slot_among_empty_minutes() -> None:
+    slot = AXES_PIXELS / CHART_MINUTES
+    (bar,) = color_runs(pixels(drawn(1)), SUCCESS_COLOR)
+    assert 0.7 * slot <= bar[1] - bar[0] <= slot  # a minute wide, less the gap
+    middle = SIZE[0] * MARGINS["left"] + 14.5 * slot  # the 15th of 30 minutes
+    assert abs((bar[0] + bar[1]) / 2 - middle) <= 2
+
+
+def test_an_hour_is_sixty_bars_each_in_its_slot() -> None:
+    slot = AXES_PIXELS / 60
+    bars = color_runs(pixels(drawn(60)), SUCCESS_COLOR)
+    assert len(bars) == 60
+    assert all(0.6 * slot <= end - start <= slot for start, end in bars)
+
+
+def test_a_day_is_one_area_without_stripes() -> None:
+    bars = color_runs(pixels(drawn(24 * 60)), SUCCESS_COLOR)
+    assert len(bars) == 1
+    assert bars[0][1] - bars[0][0] >= AXES_PIXELS - 2
 
 
 def test_chart_draws_both_series() -> None:

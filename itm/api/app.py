@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from gridfs.errors import NoFile
 from pydantic import BeforeValidator
 from pymongo import MongoClient
@@ -115,13 +116,18 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         finally:
             client.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the app itself, not
+    # from a CDN, so the documentation works offline; no validator badge (it would send
+    # the schema's URL to swagger.io).
+    app = FastAPIOffline(
         title="itm",
         version=__version__,
         summary="The images and the per-minute monitoring of itm's jobs, from MongoDB.",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.read_timeout = settings.api_timeout
+    app.state.ray_dashboard = settings.ray_dashboard_url
     app.state.reads = Gate(settings.api_max_reads, READ_WAIT_S, "requests reading MongoDB")
     app.state.snapshots = Snapshots(app, settings.api_snapshot_s)
     app.add_exception_handler(PyMongoError, _database_unavailable)
@@ -448,6 +454,8 @@ def dashboard(request: Request, shared: Shared) -> HTMLResponse:
         reasons=data.reasons,
         recent=_items(request, docs),
         runs=_runs(request, data.runs),
+        read_at=data.read_at,
+        ray_dashboard=request.app.state.ray_dashboard,
     )
     return HTMLResponse(page)
 

@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
-from itm.api.chart import (
-    AXES_PIXELS,
-    DPI,
-    ERROR_COLOR,
-    MARGINS,
-    SIZE_INCHES,
-    SUCCESS_COLOR,
-    histogram_png,
-    render_histogram,
-)
+from itm.api.chart import AXES_PIXELS, ERROR_COLOR, SUCCESS_COLOR, histogram_png, render_histogram
 from itm.api.coalesce import Busy
 from itm.api.histogram import CHART_MINUTES, Bucket, Window, chart_buckets
 from itm.store import MINUTE
+from tests.support.pixels import AXES_LEFT, color_runs, count_color, pixels
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
-SIZE = (int(SIZE_INCHES[0] * DPI), int(SIZE_INCHES[1] * DPI))
-
-
-def pixels(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG"
-    assert image.size == SIZE
-    return np.asarray(image.convert("RGB"))
-
-
-def count_color(rgb: np.ndarray, color: str) -> int:
-    wanted = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
-    return int((np.abs(rgb.astype(int) - wanted).sum(axis=2) < 30).sum())
-
-
 LEGEND_SWATCH = 300  # pixels: at most what the legend's own patch of a color takes
 
 
@@ -49,20 +24,6 @@ def buckets(n: int, seed: int = 0) -> list[Bucket]:
     return [
         Bucket(T0 + i * MINUTE, int(rng.integers(0, 9)), int(rng.integers(0, 4))) for i in range(n)
     ]
-
-
-def color_runs(rgb: np.ndarray, color: str) -> list[tuple[int, int]]:
-    """The [start, end) pixel columns of the axes where ``color`` shows, run by run."""
-    left = round(SIZE[0] * MARGINS["left"])
-    wanted = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
-    near = (np.abs(rgb.astype(int) - wanted).sum(axis=2) < 30).any(axis=0)
-    columns = np.flatnonzero(near[left : left + round(AXES_PIXELS)]) + left
-    if columns.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(columns) > 1)
-    starts = [columns[0], *columns[breaks + 1]]
-    ends = [*(columns[breaks] + 1), columns[-1] + 1]
-    return [(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
 def drawn(minutes: int) -> bytes:
@@ -77,7 +38,7 @@ def test_one_minute_is_one_bar_in_its_slot_among_empty_minutes() -> None:
     slot = AXES_PIXELS / CHART_MINUTES
     (bar,) = color_runs(pixels(drawn(1)), SUCCESS_COLOR)
     assert 0.7 * slot <= bar[1] - bar[0] <= slot  # a minute wide, less the gap
-    middle = SIZE[0] * MARGINS["left"] + 14.5 * slot  # the 15th of 30 minutes
+    middle = AXES_LEFT + 14.5 * slot  # the 15th of 30 minutes
     assert abs((bar[0] + bar[1]) / 2 - middle) <= 2
 
 

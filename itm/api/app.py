@@ -116,10 +116,11 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         finally:
             client.close()
 
-    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the app itself, not
-    # from a CDN, so the documentation works offline; no validator badge (it would send
-    # the schema's URL to swagger.io).
+    # FastAPIOffline: /docs loads Swagger UI from the app itself, not from a CDN, so the
+    # documentation works offline; no validator badge (it would send the schema's URL to
+    # swagger.io), no /redoc (ReDoc still fetches its logo from its CDN).
     app = FastAPIOffline(
+        redoc_url=None,
         title="itm",
         version=__version__,
         summary="The images and the per-minute monitoring of itm's jobs, from MongoDB.",

@@ -17,13 +17,15 @@ from pymongo.database import Database
 
 from itm.api import create_app
 from itm.api.chart import AXES_PIXELS, SUCCESS_COLOR
+from itm.api.dashboard import REFRESH_S
 from itm.api.histogram import CHART_MINUTES
 from itm.config import Settings
 from itm.store import MONITORING
-from tests.support.apidata import fill, fill_minutes
+from tests.support.apidata import RunningRun, fill, fill_minutes
 from tests.support.browser import chromium
 from tests.support.liveserver import live_server
 from tests.support.pixels import AXES_LEFT, SIZE, color_runs, pixels
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.external]
 
@@ -97,3 +99,70 @@ def chart_bars(page: Any, base: str, path: Path) -> list[tuple[int, int]]:
     clip = {"x": round(box["x"]) + 1, "y": round(box["y"]) + 1, "width": SIZE[0], "height": SIZE[1]}
     page.screenshot(path=path, clip=clip, full_page=True)
     return color_runs(pixels(path.read_bytes()), SUCCESS_COLOR)
+
+
+def test_a_running_run_is_seen_updating(
+    mongo_uri: str, db_name: str, db: Database, tmp_path: Path
+) -> None:
+    """With JavaScript off, the page reloads itself while the run works (new totals, a new
+    chart, a new read time), then stays still once it finished."""
+    run = RunningRun(db, "run-live", total=1000)
+    run.count(success=40, error=2)
+    app = create_app(Settings(mongo_uri=mongo_uri, db=db_name))
+    with live_server(app) as base, chromium() as browser:
+        page = dashboard_page(browser)
+        page.goto(base + "/", wait_until="load")
+        assert f"reloads every {REFRESH_S} s" in page.inner_text("#updated")
+        assert "running" in page.inner_text("#runs")
+        read_before = page.inner_text("#updated")
+        chart_before = page.locator("#chart").screenshot(path=tmp_path / "before.png")
+        run.count(success=500, error=60)  # the job goes on; the test does not reload
+        wait_until(
+            lambda: "602" in page.inner_text("#totals"),
+            "the page to show the new totals by itself",
+            timeout=10 * REFRESH_S,
+        )
+        assert page.inner_text("#updated") != read_before
+        assert "602 / 1000 (60%)" in page.inner_text("#runs")  # progress of /runs/{id}
+        wait_until(lambda: page.eval_on_selector("#chart", "img => img.complete"), "the chart")
+        chart_after = page.locator("#chart").screenshot(path=tmp_path / "after.png")
+        assert chart_after != chart_before  # the chart was read again too
+        page.screenshot(path=tmp_path / "running.png", full_page=True)
+        run.finish()
+        wait_until(
+            lambda: "no run is running" in page.inner_text("#updated"),
+            "the page to see the run finished",
+            timeout=10 * REFRESH_S,
+        )
+        assert page.query_selector('meta[http-equiv="refresh"]') is None
+
+
+def test_the_api_docs_render_without_the_internet(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    """Swagger UI comes from the API itself: a browser that may reach nothing else (every
+    other request aborted, and recorded) renders it whole."""
+    app = create_app(Settings(mongo_uri=mongo_uri, db=db_name))
+    with live_server(app) as base, chromium() as browser:
+        page = browser.new_context(java_script_enabled=True).new_page()
+        elsewhere: list[str] = []
+
+        def only_the_api(route: Any) -> None:
+            url = route.request.url
+            if url.startswith(base + "/") or url.startswith("data:"):
+                route.continue_()
+            else:
+                elsewhere.append(url)
+                route.abort()
+
+        page.route("**/*", only_the_api)
+        response = page.goto(base + "/docs", wait_until="load")
+        assert response is not None
+        assert response.status == 200
+        page.wait_for_selector(".swagger-ui .opblock", timeout=30_000)
+        text = page.inner_text("body")
+        assert "itm" in text
+        assert "/monitoring" in text
+        page.screenshot(path=tmp_path / "docs.png")
+        assert elsewhere == []
+        assert page.request.get(base + "/redoc").status == 404  # it would fetch its logo

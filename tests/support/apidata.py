@@ -199,7 +199,8 @@ class RunningRun:
         )
 
     def count(self, success: int, error: int) -> None:
-        """Lines that finished now: counted in this minute, the heartbeat beats."""
+        """Lines that finished now (the errors timed out): counted in this minute, the
+        heartbeat beats."""
         now = datetime.now(timezone.utc)
         minute = floor_minute(now)
         self.db[RUNS].update_one(
@@ -207,7 +208,7 @@ class RunningRun:
             {"$addToSet": {"minutes": minute}, "$set": {"heartbeat": now}},
         )
         mine = f"by_run.{field_key(self.run_id)}"
-        inc = {"success": success, "error": error}
+        inc = {"success": success, "error": error, "reasons.timeout": error}
         inc |= {f"{mine}.{name}": n for name, n in inc.items()}
         self.db[MONITORING].update_one({"minute": minute}, {"$inc": inc}, upsert=True)
 

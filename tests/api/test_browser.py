@@ -25,6 +25,7 @@ from tests.support.apidata import RunningRun, fill, fill_minutes
 from tests.support.browser import chromium
 from tests.support.liveserver import live_server
 from tests.support.pixels import AXES_LEFT, SIZE, color_runs, pixels
+from tests.support.servers import Handler, LocalServer
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.external]
@@ -166,3 +167,22 @@ def test_the_api_docs_render_without_the_internet(
         page.screenshot(path=tmp_path / "docs.png")
         assert elsewhere == []
         assert page.request.get(base + "/redoc").status == 404  # it would fetch its logo
+
+
+class RayDashboardStandIn(Handler):
+    """Where the link leads: the real Ray dashboard is followed by tests/test_run.py."""
+
+    def do_GET(self) -> None:
+        self.reply(200, b"<title>Ray Dashboard</title>", "text/html")
+
+
+def test_the_ray_dashboard_is_one_click_away(mongo_uri: str, db_name: str, db: Database) -> None:
+    fill(db)
+    with LocalServer(RayDashboardStandIn) as ray_dashboard:
+        settings = Settings(mongo_uri=mongo_uri, db=db_name, ray_dashboard_url=ray_dashboard.url)
+        with live_server(create_app(settings)) as base, chromium() as browser:
+            page = dashboard_page(browser)
+            page.goto(base + "/", wait_until="load")
+            page.click("nav >> text=Ray dashboard")
+            page.wait_for_url(ray_dashboard.url + "/")
+            assert page.title() == "Ray Dashboard"

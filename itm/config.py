@@ -76,6 +76,11 @@ class Settings:
         "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "
         "(without it, a --no-serve run starts a leaner local Ray: fewer processes, sooner up)",
     )
+    ray_dashboard_url: str | None = _opt(
+        None,
+        "the Ray dashboard that the API's page links to (http:// or https://); "
+        "`python -m itm.run` sets it to the dashboard of the Ray it uses; none: no link",
+    )
     resume: str | None = _opt(
         None, "run id to resume: lines that already have an outcome are skipped"
     )
@@ -184,6 +189,10 @@ class Settings:
             raise ValueError("retries, max_redirects, per_host and writers cannot be negative")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
+        if self.ray_dashboard_url is not None and not self.ray_dashboard_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("ray_dashboard_url must be an http:// or https:// URL")
         if self.retry_failed and self.resume:
             raise ValueError("--retry-failed starts a new run: it cannot go with --resume")
         if self.reasons is not None:

@@ -276,9 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             totals, seconds = run_job(settings, services.mongo_uri, run_id)
             print(summary(run_id, totals, seconds))
             if settings.serve:
+                # The page links to the Ray dashboard (a URL the user gave wins).
+                dashboard = settings.ray_dashboard_url or services.dashboard
                 serve_until_interrupted(
-                    dataclasses.replace(settings, mongo_uri=services.mongo_uri),
-                    services.dashboard,
+                    dataclasses.replace(
+                        settings, mongo_uri=services.mongo_uri, ray_dashboard_url=dashboard
+                    ),
+                    dashboard,
                 )
         return 0
     except (JobError, EmbeddedMongoError, MongoUnavailable) as exc:

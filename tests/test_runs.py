@@ -211,7 +211,9 @@ def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(
             oldest = run["in_flight"]
             assert [line["line"] for line in oldest] == [1, 2, 3, 4, 5]
             assert oldest[0]["url"] == f"{server.url}/8/1" and oldest[0]["seconds"] >= 0
-            assert "running" in client.get("/").text
+            page = client.get("/").text
+            assert "running" in page
+            assert '<meta http-equiv="refresh"' in page  # the dashboard follows the run
         finally:
             server.open.set()
         assert job.result() == 0

@@ -185,8 +185,9 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.api_snapshot_s < 0:
             raise ValueError("api_snapshot_s cannot be negative")
-        if min(self.retries, self.max_redirects, self.per_host, self.writers) < 0:
-            raise ValueError("retries, max_redirects, per_host and writers cannot be negative")
+        for name in ("retries", "max_redirects", "per_host", "writers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
         if self.ray_dashboard_url is not None and not self.ray_dashboard_url.startswith(

@@ -25,6 +25,7 @@ from itm.job.fingerprint import fingerprint
 from itm.job.retry import Retry, merge
 from itm.job.writer import MongoWriter
 from itm.outcomes import Failure, parse_reasons, reason_filter
+from tests.support.apiclient import api_client
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumHandler, PicsumServer
@@ -74,7 +75,7 @@ def picsum() -> Iterator[RecordingPicsum]:
 
 @pytest.fixture
 def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
+    with api_client(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
         yield test_client
 
 

@@ -122,7 +122,8 @@ def test_retry_failed_attempts_exactly_the_failed_lines_and_links_the_runs(
     retried = client.get(f"/runs/{second}").json()
     assert (retried["retry_of"], retried["reasons"]) == (first, ["http_4xx"])
     assert retried["progress"]["total"] == 20 and retried["totals"]["error"] == 20
-    assert retried["input"] == str(urls.resolve())
+    assert retried["input"] == urls.name  # the file's name: the server's path stays private
+    assert db.runs.find_one({"_id": second})["input"] == str(urls.resolve())  # for a retry
 
     page = client.get("/runs", params={"limit": 2}).json()
     assert [run["id"] for run in page["items"]] == [third, second]  # newest first

@@ -30,8 +30,12 @@ LINK_LOCAL_FLAG = "--allow-link-local-addresses (ITM_ALLOW_LINK_LOCAL_ADDRESSES=
 
 def shown_url(line: str) -> str:
     """A line as itm stores and serves it: its secrets masked (``store.redact``), cut to
-    ``MAX_URL_LENGTH`` characters. The URL fetched is the line itself."""
-    return redact(line)[:MAX_URL_LENGTH]
+    ``MAX_URL_LENGTH`` characters. The URL fetched is the line itself.
+
+    Redacted before it is cut, so that no secret is half kept; of a longer line, only
+    the ``MAX_LINE + 1`` characters that ``read_lines`` keeps are looked at.
+    """
+    return redact(line[: MAX_LINE + 1])[:MAX_URL_LENGTH]
 
 
 def check_url(line: str) -> str:

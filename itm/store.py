@@ -16,6 +16,9 @@ agree on one schema:
 
 A line counts in the UTC minute its processing finished: ``floor_minute`` is that
 bucketing, for the writer that counts and the API that reads.
+
+No secret is stored: ``redact`` is what of a URL (``url``, ``source_url``,
+``in_flight``) or of a MongoDB URI (in messages) may be stored or shown.
 """
 
 from __future__ import annotations

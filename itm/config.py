@@ -71,6 +71,12 @@ class Settings:
         "API requests queued in front of the replicas before the next one is a 503 at "
         "once (Serve's max_queued_requests): a bounded wait, never a pile-up",
     )
+    api_allowed_hosts: str | None = _opt(
+        None,
+        "more names the API answers to, comma-separated (*.example.com: its subdomains; "
+        "*: any name): a request's Host must be an IP address, localhost, the --host "
+        "name or one of these, so that no web page can read the API through DNS rebinding",
+    )
     dashboard: bool | None = _opt(
         None,
         "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "

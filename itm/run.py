@@ -52,7 +52,10 @@ def mongo_client(uri: str, settings: Settings) -> MongoClient[dict[str, Any]]:
 
 
 def check_mongo(uri: str, settings: Settings) -> None:
-    client = mongo_client(uri, settings)
+    try:
+        client = mongo_client(uri, settings)
+    except (PyMongoError, ValueError) as exc:  # pymongo's messages quote no secret
+        raise JobError(f"--mongo-uri {redact(uri)} is not a valid MongoDB URI: {exc}") from None
     try:
         client.admin.command("ping")
     except PyMongoError as exc:

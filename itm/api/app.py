@@ -31,6 +31,7 @@ from itm.api import queries, runview
 from itm.api.chart import histogram_png
 from itm.api.coalesce import Busy, Coalescer, Gate
 from itm.api.dashboard import render_dashboard
+from itm.api.guard import guard
 from itm.api.histogram import chart_buckets, totals
 from itm.api.models import (
     Health,
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
     app.add_exception_handler(PyMongoError, _database_unavailable)
     app.add_exception_handler(Busy, _busy)
     app.add_middleware(ServerTimingMiddleware)
+    guard(app, settings)
     app.include_router(router)
     return app
 

@@ -41,7 +41,7 @@ from itm.job.decode_turns import decode_turn
 from itm.job.download import HostHand, fetch
 from itm.job.host_gate import LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
-from itm.job.urls import MAX_URL_LENGTH
+from itm.job.urls import shown_url
 from itm.job.writer import MongoUnavailable
 from itm.outcomes import Counts, Failure, Line, Reason
 
@@ -321,7 +321,7 @@ class _Driver:
         oldest = []
         for chunk in sorted(self.downloading.values(), key=lambda chunk: chunk.since):
             for line, url in itertools.islice(chunk.pending.items(), IN_FLIGHT_SHOWN):
-                oldest.append({"line": line, "url": url[:MAX_URL_LENGTH], "since": chunk.since})
+                oldest.append({"line": line, "url": shown_url(url), "since": chunk.since})
             if len(oldest) >= IN_FLIGHT_SHOWN:
                 break
         return oldest[:IN_FLIGHT_SHOWN]

@@ -62,7 +62,7 @@ from ray.util.metrics import Counter as MetricCounter
 from itm import store
 from itm.job.imaging import GrayImage
 from itm.job.lineset import LineSet
-from itm.job.urls import MAX_URL_LENGTH
+from itm.job.urls import shown_url
 from itm.outcomes import Counts, Failure, Line, Reason
 from itm.store import floor_minute
 
@@ -321,7 +321,7 @@ class MongoWriter:
             event = {
                 "run_id": run_id,
                 "line": line,
-                "url": url[:MAX_URL_LENGTH],
+                "url": shown_url(url),
                 "md5": md5,
                 "finished_at": now,
                 "tally": tally,
@@ -479,7 +479,7 @@ class MongoWriter:
                             "height": gray.height,
                             "mode": gray.mode,
                             **self._png_field(md5, gray.png),
-                            "source_url": url[:MAX_URL_LENGTH],
+                            "source_url": shown_url(url),
                             "inserted_at": now,
                             "run_id": run_id,
                             "line": line,

@@ -299,6 +299,26 @@ def test_mongo_timeout_is_how_long_the_job_waits_for_a_first_answer(
     assert "MongoDB at" not in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb://user:p4ss/w0rd@127.0.0.1:1/?tlsCertificateKeyFilePassword=k3ysecret",
+        "mongodb://AKIA:p4ss@127.0.0.1:99999/?authMechanism=MONGODB-AWS"
+        "&authMechanismProperties=AWS_SESSION_TOKEN:t0kensecret",
+        "https://user:p4ss@mongo.example/",
+    ],
+)
+def test_an_invalid_mongo_uri_is_a_clear_error_without_its_secrets(
+    uri: str, tmp_path: Path, ray_local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
+    assert run_itm(uri, "itm", urls) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("itm: --mongo-uri ") and "not a valid MongoDB URI" in err
+    for secret in ("p4ss", "w0rd", "k3ysecret", "t0kensecret"):
+        assert secret not in out + err
+
+
 def test_an_unreachable_ray_fails_fast(mongo_uri: str, tmp_path: Path) -> None:
     urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
     started = time.monotonic()

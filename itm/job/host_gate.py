@@ -284,10 +284,9 @@ class LocalGate:
         while True:
             with self._lock:
                 self._changed.wait_for(lambda: self._urgent or self._closed, timeout=KEEP / 2)
-                self._urgent = False
                 self._expire(time.monotonic())
                 changes, timed_out = self._take_changes(), self._timed_out
-                self._timed_out = 0
+                self._urgent, self._timed_out = False, 0
                 closed = self._closed
             if changes or timed_out or closed:
                 try:

@@ -30,7 +30,6 @@ from ray.actor import ActorHandle
 
 from itm.job.politeness import REFUSALS, Change, Grant, HostSlots, Mail, with_answers
 
-ACTOR_NAME = "itm-host-slots"  # in the driver's own namespace: one per driver
 POLL = 1.0  # seconds a poll waits for mail: the process's heartbeat
 KEEP = 1.0  # seconds a process keeps a slot nobody uses, for its next lines of the host
 
@@ -317,13 +316,20 @@ class LocalGate:
 def start_host_slots(per_host: int, lease: float) -> ActorHandle[Any] | None:
     """The run's slot actor, or ``None`` for ``--per-host 0`` (unlimited: no actor).
 
-    The next run of the same driver process (tests, a notebook) reuses the actor,
-    reset, rather than paying a new worker process; it ends with the driver.
+    The next run of the same driver on the same Ray (tests, a notebook) reuses the
+    actor, reset, rather than paying a new worker process. The handle is kept here:
+    an actor lives as long as the handle that created it (a handle found again by
+    name does not keep it alive), and it ends with the driver.
     """
     if not per_host:
         return None
-    actor: ActorHandle[Any] = HostSlotActor.options(  # type: ignore[attr-defined]
-        name=ACTOR_NAME, get_if_exists=True
-    ).remote(per_host, lease)
+    context = ray.get_runtime_context()
+    session = (context.gcs_address, context.get_job_id())
+    actor = _ACTORS.get(session)
+    if actor is None:
+        actor = _ACTORS[session] = HostSlotActor.remote(per_host, lease)  # type: ignore[attr-defined]
     ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it
     return actor
+
+
+_ACTORS: dict[tuple[str, str], ActorHandle[Any]] = {}  # (Ray, driver's job) → its actor

@@ -132,6 +132,12 @@ class Settings:
         "also fetch link-local addresses (169.254.0.0/16, fe80::/10): off, because "
         "cloud metadata services there hand out credentials",
     )
+    ca_bundle: Path | None = _opt(
+        None,
+        "certificates (a PEM file, or a directory of them) that HTTPS servers are verified "
+        "against, in place of the default; none: REQUESTS_CA_BUNDLE, SSL_CERT_FILE or "
+        "SSL_CERT_DIR if set, else the system's trust store and certifi's bundle",
+    )
     download_resource: str | None = _opt(
         None,
         "custom Ray resource a node must offer to run downloads (start those nodes "

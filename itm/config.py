@@ -179,6 +179,8 @@ class Settings:
             raise ValueError("api_snapshot_s cannot be negative")
         if self.retries < 0 or self.max_redirects < 0 or self.per_host < 0:
             raise ValueError("retries, max_redirects and per_host cannot be negative")
+        if self.ca_bundle is not None and not self.ca_bundle.exists():
+            raise ValueError(f"ca_bundle {self.ca_bundle} does not exist")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
         if self.retry_failed and self.resume:

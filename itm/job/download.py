@@ -405,6 +405,8 @@ def _digits(value: str) -> int | None:
 class _Connection(http.client.HTTPConnection):
     """HTTP/1.1 to one checked address, whatever the host name resolves to later."""
 
+    context: ssl.SSLContext | None = None  # the trust its certificate was verified with
+
     def __init__(self, ip: str, port: int, timeout: float, exchange: _Exchange) -> None:
         super().__init__(ip, port, timeout=timeout)
         self.ip = ip
@@ -417,6 +419,8 @@ class _Connection(http.client.HTTPConnection):
 
 class _TLSConnection(_Connection):
     """TLS to the checked address, verified against the host name (SNI and certificate)."""
+
+    context: ssl.SSLContext
 
     def __init__(
         self,
@@ -440,11 +444,11 @@ class _TLSConnection(_Connection):
         self.sock.do_handshake()
 
 
-_Key = tuple[bool, str, int]  # scheme (TLS or not), host, port
+_Key = tuple[ssl.SSLContext | None, str, int]  # the TLS trust (None: plain HTTP), host, port
 
 
 class _Pool:
-    """Idle keep-alive connections per (scheme, host, port), each pinned to its address.
+    """Idle keep-alive connections per (TLS trust, host, port), each pinned to its address.
 
     Bounded however many hosts a list has: ``cap`` idle connections in all (the least
     recently used closes first), each closed ``IDLE_SECONDS`` after its last use, by
@@ -457,10 +461,12 @@ class _Pool:
         self._since: OrderedDict[_Connection, tuple[_Key, float]] = OrderedDict()  # oldest first
         self._sweeping = False  # a sweep is due on the watchdog
 
-    def take(self, target: Target, addresses: list[str]) -> _Connection | None:
+    def take(
+        self, target: Target, context: ssl.SSLContext | None, addresses: list[str]
+    ) -> _Connection | None:
         with self._lock:
             stale = self._stale(time.monotonic())
-            idle = self._idle.get((target.tls, target.host, target.port), [])
+            idle = self._idle.get((context, target.host, target.port), [])
             conn = next((conn for conn in reversed(idle) if conn.ip in addresses), None)
             if conn is not None:
                 self._remove(conn)
@@ -476,7 +482,7 @@ class _Pool:
         now = time.monotonic()
         with self._lock:
             stale = self._stale(now)
-            key = (target.tls, target.host, target.port)
+            key = (conn.context, target.host, target.port)
             self._idle.setdefault(key, []).append(conn)
             self._since[conn] = (key, now)
             while len(self._since) > cap:
@@ -538,9 +544,10 @@ def _request(
     target: Target, exchange: _Exchange, settings: Settings
 ) -> tuple[_Connection, http.client.HTTPResponse]:
     addresses = _addresses(target, exchange, settings)
-    conn = _POOL.take(target, addresses)
+    context = _trust(settings)[0] if target.tls else None
+    conn = _POOL.take(target, context, addresses)
     if conn is None:
-        conn = _connect(target, addresses, exchange, settings)
+        conn = _connect(target, context, addresses, exchange, settings)
     else:
         conn.exchange = exchange
         exchange.watch(conn.sock)
@@ -677,11 +684,14 @@ def _sockaddrs(infos: list[AddrInfo]) -> list[str]:
 
 
 def _connect(
-    target: Target, addresses: list[str], exchange: _Exchange, settings: Settings
+    target: Target,
+    context: ssl.SSLContext | None,
+    addresses: list[str],
+    exchange: _Exchange,
+    settings: Settings,
 ) -> _Connection:
-    """A new connection to the first checked address that answers."""
+    """A new connection to the first checked address that answers (TLS with ``context``)."""
     error: OSError = OSError("no address")
-    context = _trust(settings)[0] if target.tls else None
     for address in addresses:
         timeout = min(settings.connect_timeout, exchange.remaining())
         conn = (

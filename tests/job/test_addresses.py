@@ -121,13 +121,24 @@ def test_refusals_say_how_to_allow() -> None:
         "https://:secret@example.com/",
         "http://***@example.com/",
         "http://a@b@example.com/",
+        # Spellings a browser or a parser takes for userinfo, and passwords with an
+        # unencoded delimiter (Python would read a port "p4ss" and quote it).
+        "http://user:p4ss/secret@example.com/a.jpg",
+        "http://user:p4ss?secret@example.com/",
+        "http://user:p4ss#secret@example.com/",
+        "//user:secret@example.com/a.jpg",
+        "http:user:secret@example.com/a.jpg",
+        "http:\\\\user:secret@example.com\\a.jpg",
+        "HTTPS:/user:secret@example.com/",
+        "http://example.com\\user:secret@example.com/",
     ],
 )
 def test_credentials_are_refused_and_never_shown(line: str) -> None:
     with pytest.raises(Failure) as caught:
         check_url(line)
     assert caught.value.reason == "invalid_url"
-    assert "credentials" in caught.value.detail and "secret" not in caught.value.detail
+    detail = caught.value.detail
+    assert "credentials" in detail and "secret" not in detail and "p4ss" not in detail
 
 
 @pytest.mark.parametrize(

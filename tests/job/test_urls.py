@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from itm.job.urls import MAX_URL_LENGTH, check_url, shown_url
+from itm.job.urls import MAX_URL_LENGTH, check_url, redirect_url, shown_url, target_of
 from itm.outcomes import Failure
 
 
@@ -60,3 +60,29 @@ def test_a_line_is_shown_redacted_then_cut() -> None:
     assert shown_url("http://h/a.jpg?token=" + "s" * 5000) == "http://h/a.jpg?token=***"
     assert shown_url("http://h/" + "a" * 5000) == "http://h/" + "a" * (MAX_URL_LENGTH - 9)
     assert shown_url("http://user:pa/ss@h/a.jpg") == "http://***@h/a.jpg"
+
+
+@pytest.mark.parametrize(
+    "location, url, host",
+    [
+        ("http://bücher.example/x.png", "http://bücher.example/x.png", "xn--bcher-kva.example"),
+        ("//bücher.example/a b.png", "http://bücher.example/a%20b.png", "xn--bcher-kva.example"),
+        ("/ä b.png?q=ü v", "http://a.example/%C3%A4%20b.png?q=%C3%BC%20v", "a.example"),
+        ("c.png", "http://a.example/dir/c.png", "a.example"),
+        ("/x.png#top", "http://a.example/x.png#top", "a.example"),
+    ],
+)
+def test_a_redirect_keeps_its_host_for_idna_and_encodes_the_rest(
+    location: str, url: str, host: str
+) -> None:
+    assert redirect_url("http://a.example/dir/page", location) == url
+    assert target_of(url).host == host
+
+
+@pytest.mark.parametrize(
+    "location", ["file:///etc/passwd", "http://user:pw@a.example/", "http://exa mple.com/"]
+)
+def test_a_redirect_is_checked_as_a_line_is(location: str) -> None:
+    with pytest.raises(Failure) as caught:
+        redirect_url("http://a.example/", location)
+    assert caught.value.reason == "invalid_url"

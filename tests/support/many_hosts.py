@@ -3,10 +3,11 @@
 Each address (``127.1.X.Y``, all loopback on Linux) is a host of its own to a
 client, so a download worker can meet thousands of hosts with no DNS; the server's
 listening sockets (one per address) stay out of the test process's file descriptors.
-Every answer is the same small JPEG, keep-alive.
+Every answer is the same small JPEG, keep-alive, ``LATENCY`` seconds after its request.
 
-``python -m tests.support.many_hosts COUNT`` prints its port once it listens, and
-stops when its stdin closes (so it never outlives the test that started it).
+``python -m tests.support.many_hosts COUNT [LATENCY]`` prints its port once it
+listens, and stops when its stdin closes (so it never outlives the test that
+started it).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def addresses(count: int) -> list[str]:
     return [f"127.1.{n // 250}.{n % 250 + 1}" for n in range(count)]
 
 
-async def _serve(count: int) -> None:
+async def _serve(count: int, latency: float) -> None:
     body = jpeg()
     answer = (
         b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(body)
@@ -37,6 +38,7 @@ async def _serve(count: int) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:  # asyncio sets TCP_NODELAY; each answer goes out in one write
             while await reader.readuntil(b"\r\n\r\n"):
+                await asyncio.sleep(latency)
                 writer.write(answer)
                 await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
@@ -56,11 +58,11 @@ async def _serve(count: int) -> None:
 class ManyHosts:
     """The server of this module for ``count`` hosts, as a context manager."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, latency: float = 0.0) -> None:
         self.count = count
         self.jpeg = jpeg()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.many_hosts", str(count)],
+            [sys.executable, "-m", "tests.support.many_hosts", str(count), str(latency)],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -92,4 +94,4 @@ class ManyHosts:
 
 
 if __name__ == "__main__":
-    asyncio.run(_serve(int(sys.argv[1])))
+    asyncio.run(_serve(int(sys.argv[1]), float(sys.argv[2])))

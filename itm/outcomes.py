@@ -17,25 +17,78 @@ Line = tuple[int, str]  # (1-based line number, text of the line)
 
 
 class Reason(str, Enum):
-    """Every reason a line can fail with; ``value`` is what events store and metrics tag.
+    """Every reason a line can fail with, and what it means.
 
+    ``value`` is what events store and metrics tag; ``description`` is the one text of
+    the reason, shown by the dashboard and generated into the README's Outcomes table.
     ``HTTP`` stands for its family, ``http_<status>``: build one with ``Reason.http``.
     """
 
-    INVALID_URL = "invalid_url"
-    BLOCKED_ADDRESS = "blocked_address"
-    HTTP = "http_<status>"
-    TIMEOUT = "timeout"
-    CONNECTION_ERROR = "connection_error"
-    TOO_MANY_REDIRECTS = "too_many_redirects"
-    TOO_LARGE = "too_large"
-    DOWNLOAD_ERROR = "download_error"
-    NOT_AN_IMAGE = "not_an_image"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    DECOMPRESSION_BOMB = "decompression_bomb"
-    PROCESSING_ERROR = "processing_error"
-    WORKER_FAILED = "worker_failed"
-    STORAGE_ERROR = "storage_error"
+    _value_: str
+    description: str
+
+    def __new__(cls, value: str, description: str) -> Reason:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.description = description
+        return member
+
+    INVALID_URL = (
+        "invalid_url",
+        "not an absolute http(s) URL: empty, not UTF-8, another scheme (`file://` is never "
+        'opened), `user:password@` inside in any spelling (see "Secrets"), a URL over 2,048 '
+        'characters, or a line over 8,192 characters ("line too long")',
+    )
+    BLOCKED_ADDRESS = (
+        "blocked_address",
+        "the host, or a redirect, leads to an address that is not public (loopback, private, "
+        "link-local, …); the detail names the address and the flag that allows it "
+        '(see "Fetch policy")',
+    )
+    HTTP = (
+        "http_<status>",
+        "the server answered that status instead of 200 (`http_404`, `http_503`, …)",
+    )
+    TIMEOUT = (
+        "timeout",
+        "no connection, no data, or no complete answer within `--deadline`; or no turn for "
+        "the host within it (`--per-host`: the detail says so)",
+    )
+    CONNECTION_ERROR = (
+        "connection_error",
+        "the connection was refused, reset or closed early, the host name was not found, "
+        "or TLS failed (certificate refused, CA certificates unreadable)",
+    )
+    TOO_MANY_REDIRECTS = ("too_many_redirects", "more redirects than `--max-redirects`")
+    TOO_LARGE = ("too_large", "a body over `--max-bytes`, decompressed size counted")
+    DOWNLOAD_ERROR = (
+        "download_error",
+        "the answer is not valid HTTP (malformed status line or headers, unknown "
+        "`Content-Encoding`, corrupt compressed body)",
+    )
+    NOT_AN_IMAGE = (
+        "not_an_image",
+        "HTML, SVG, truncated, corrupt or unknown data, or a variant of an image format that "
+        "Pillow does not decode; the detail gives the format guessed (or none), the size and "
+        "the first bytes",
+    )
+    UNSUPPORTED_FORMAT = (
+        "unsupported_format",
+        "an image format itm refuses to decode: EPS (Pillow would run Ghostscript on it), "
+        'WMF, and formats Pillow has no decoder for (see "Images"); the detail names it',
+    )
+    DECOMPRESSION_BOMB = (
+        "decompression_bomb",
+        "an image over `--max-pixels`, whether its header says so or its decoder finds out "
+        "(an ICO entry, a TIFF tile, a GIF frame)",
+    )
+    PROCESSING_ERROR = ("processing_error", "the decoder failed in an unexpected way")
+    WORKER_FAILED = ("worker_failed", "a task of the batch failed even after Ray's retries")
+    STORAGE_ERROR = (
+        "storage_error",
+        "MongoDB refused the line's documents (too large, invalid); the rest of the batch "
+        "is stored",
+    )
 
     @staticmethod
     def http(status: int) -> str:
@@ -43,40 +96,8 @@ class Reason(str, Enum):
         return f"http_{status}"
 
 
-# Every reason a line can fail with, and what it means. The README's Outcomes list
-# mirrors this table (a test keeps them equal), and a test checks that every
-# ``Failure(…)`` in the code names a ``Reason``, whose values are these keys.
-REASONS: dict[str, str] = {
-    "invalid_url": "the line is not an absolute http(s) URL: empty, not UTF-8, another "
-    "scheme (`file://` is never opened), user:password inside, longer than 2,048 characters, "
-    "or a line over 8 KiB",
-    "blocked_address": "the host, or a redirect, leads to an address that is not public "
-    "(loopback, private, link-local, …); the detail names it and the flag that allows it",
-    "http_<status>": "the server answered with that status instead of 200 (`http_404`, …)",
-    "timeout": "no connection, no data, or no complete answer within the deadline (or no "
-    "turn for the host under `--per-host`)",
-    "connection_error": "the connection was refused, reset or closed early, or TLS failed",
-    "too_many_redirects": "more redirects than `--max-redirects`",
-    "too_large": "a body over `--max-bytes` (decompressed size counts)",
-    "download_error": "the server's answer is not valid HTTP (malformed headers, an "
-    "unknown Content-Encoding, a corrupt compressed body)",
-    "not_an_image": "HTML, SVG, truncated, corrupt or unknown data, or a variant of an "
-    "image format that Pillow does not decode; the detail gives the format guessed, the "
-    "size and the first bytes",
-    "unsupported_format": "an image format itm refuses to decode, because Pillow would hand "
-    "it to another program (EPS: Ghostscript) or has no decoder of its own; the detail "
-    "names it",
-    "decompression_bomb": "an image over `--max-pixels`, whether its header says so or its "
-    "decoder finds out",
-    "processing_error": "the decoder failed in an unexpected way",
-    "worker_failed": "a task of the batch failed even after Ray's retries",
-    "storage_error": "MongoDB refused the line's documents (too large, invalid); the rest "
-    "of the batch is stored",
-}
-
-
 class Failure(Exception):
-    """Why one input line failed. ``reason`` is a stable key from ``REASONS``,
+    """Why one input line failed. ``reason`` is the stable value of a ``Reason``,
     ``detail`` is for people.
 
     Raised by the pure steps and returned as a value by the Ray tasks, so that one
@@ -100,12 +121,13 @@ HTTP_CLASS = re.compile(r"http_([1-5])xx")
 def parse_reasons(spec: str) -> list[str]:
     """The reasons of a comma-separated list such as ``timeout,http_404,http_5xx``.
 
-    Accepted: every reason of ``REASONS``, an ``http_<status>`` such as ``http_503``,
-    and a class such as ``http_5xx`` (every ``http_5NN``). Anything else is a
-    ``ValueError`` that lists what is valid: a typo must not select nothing.
+    Accepted: every ``Reason`` but the family placeholder ``http_<status>``, an
+    ``http_<status>`` such as ``http_503``, and a class such as ``http_5xx`` (every
+    ``http_5NN``). Anything else is a ``ValueError`` that lists what is valid: a typo
+    must not select nothing.
     """
     reasons = [part.strip() for part in spec.split(",") if part.strip()]
-    named = set(REASONS) - {"http_<status>"}
+    named = {reason.value for reason in Reason} - {Reason.HTTP.value}
     unknown = [
         r
         for r in reasons
@@ -134,8 +156,8 @@ def reason_filter(reasons: list[str] | None) -> Callable[[str], bool]:
 def describe(reason: str) -> str:
     """What a stored reason means (``http_404`` is one of the ``http_<status>`` family)."""
     if reason.startswith("http_") and reason[5:].isdigit():
-        reason = Reason.HTTP.value
-    return REASONS.get(reason, "")
+        return Reason.HTTP.description
+    return next((member.description for member in Reason if member.value == reason), "")
 
 
 @dataclass

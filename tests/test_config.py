@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
         ({"ITM_PER_HOST": "-1"}, "per_host cannot be negative"),
         # The dashboard links to it: never a javascript: or other scheme.
         ({"ITM_RAY_DASHBOARD_URL": "javascript:alert(1)"}, "ray_dashboard_url must be an http"),
+        ({"ITM_DEADLINE": "0"}, "deadline must be positive"),
+        ({"ITM_API_SNAPSHOT_S": "-1"}, "api_snapshot_s cannot be negative"),
+        ({"ITM_PNG_LEVEL": "10"}, "png_level must be between 0 and 9"),
+        ({"ITM_CA_BUNDLE": "/nonexistent/ca.pem"}, "ca_bundle /nonexistent/ca.pem does not exist"),
+        ({"ITM_REASONS": "timeout"}, "--reasons chooses the lines of --retry-failed"),
+        ({"ITM_RETRY_FAILED": "r", "ITM_REASONS": "timout"}, "unknown reason"),
+        ({"ITM_RETRY_FAILED": "r", "ITM_RESUME": "r"}, "cannot go with --resume"),
     ],
 )
 def test_bad_environment_values_are_named(env: dict[str, str], words: str) -> None:
@@ -48,3 +56,19 @@ def test_help_never_shows_a_password_from_the_environment(
     with pytest.raises(SystemExit):
         Settings.from_args(["--help"], {"ITM_MONGO_URI": "mongodb://u:secret@host/"})
     assert "secret" not in capsys.readouterr().out
+
+
+def test_help_shows_each_default_as_the_readme_does(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        Settings.from_args(["--help"], {})
+    out = " ".join(capsys.readouterr().out.split())
+    for shown in ("default: none: embedded", "default: 50_000_000", "default: 30 s", "default: on"):
+        assert shown in out
+
+
+def test_every_duration_says_it_is_in_seconds() -> None:
+    """A float default is shown as seconds ("30 s"): its help must say so too."""
+    floats = [f for f in dataclasses.fields(Settings) if isinstance(f.default, float)]
+    assert floats
+    for f in floats:
+        assert f.metadata["help"].startswith("seconds "), f.name

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from itm.outcomes import REASONS, Failure, Reason, describe
+from itm.outcomes import Failure, Reason, describe, parse_reasons
 from tests.support.jobs import ROOT
 
 
@@ -31,15 +31,22 @@ def test_every_failure_names_a_reason_member_or_passes_one_on() -> None:
                 raise AssertionError(f"Failure({ast.unparse(first)}, …): use a Reason")
 
 
-def test_every_reason_is_described() -> None:
-    assert set(REASONS) == {reason.value for reason in Reason}
-    assert all(REASONS.values())
+def test_every_reason_is_described_and_is_its_value() -> None:
+    assert all(reason.description for reason in Reason)
+    assert len({reason.value for reason in Reason}) == len(Reason)
+    assert Reason.TIMEOUT == "timeout" and isinstance(Reason.TIMEOUT, str)
+    assert Reason.TIMEOUT.value == "timeout"
+
+
+def test_every_named_reason_can_be_chosen_for_a_retry() -> None:
+    named = [reason.value for reason in Reason if reason is not Reason.HTTP]
+    assert parse_reasons(",".join(named)) == named
 
 
 def test_a_failure_carries_the_plain_value() -> None:
     failure = Failure(Reason.TIMEOUT, "no data")
     assert type(failure.reason) is str and failure.reason == "timeout"
     assert Failure(Reason.http(404), "x").reason == "http_404"
-    assert describe("http_404") == REASONS["http_<status>"]
-    assert describe("timeout") == REASONS["timeout"]
+    assert describe("http_404") == Reason.HTTP.description
+    assert describe("timeout") == Reason.TIMEOUT.description
     assert describe("mystery") == ""

@@ -326,9 +326,10 @@ def start_host_slots(per_host: int, lease: float) -> ActorHandle[Any] | None:
     context = ray.get_runtime_context()
     session = (context.gcs_address, context.get_job_id())
     actor = _ACTORS.get(session)
-    if actor is None:
+    if actor is None:  # it starts while the download tasks do: nobody waits for it here
         actor = _ACTORS[session] = HostSlotActor.remote(per_host, lease)  # type: ignore[attr-defined]
-    ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it
+    else:
+        ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it
     return actor
 
 

@@ -101,6 +101,15 @@ class HostGate(Protocol):
         """Free a slot of ``host``, reporting the host's answers while it was held."""
 
 
+def first_host(line: str) -> str | None:
+    """The host the first hop of ``line`` talks to, as ``HostHand`` names it; ``None`` for
+    a line that is no URL to fetch."""
+    try:
+        return target_of(check_url(line)).host
+    except Failure:
+        return None
+
+
 def fetch(line: str, settings: Settings, hand: HostHand | None = None) -> bytes:
     """The body of the URL on ``line``, or raise ``Failure``.
 

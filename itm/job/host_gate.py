@@ -119,6 +119,7 @@ class _Host:
     busy: int = 0  # in use by a thread
     asked: int = 0  # asked of the actor, not granted yet
     recalled: int = 0  # to give back as soon as they are free
+    expected: int = 0  # lines of the host about to start (``expect``)
     single: bool = False  # each slot for one start only (the host is backed off)
     idle_since: float = 0.0
     waiters: deque[_Waiter] = field(default_factory=deque)
@@ -158,6 +159,7 @@ class LocalGate:
         """Wait up to ``seconds`` for a slot of ``host``; False if none came."""
         with self._lock:
             state = self._hosts.setdefault(host, _Host())
+            state.expected = max(0, state.expected - 1)
             if state.free() > 0 and not state.waiters:
                 state.busy += 1
                 return True
@@ -176,6 +178,14 @@ class LocalGate:
                 state.asked -= surplus
                 self._note(host, state, cancel=surplus)
             return False
+
+    def expect(self, host: str) -> None:
+        """A line of ``host`` will ask for a slot soon: ask the actor now if it must be,
+        so that the slot is there, not a round trip away, when the line starts."""
+        with self._lock:
+            state = self._hosts.setdefault(host, _Host())
+            state.expected += 1
+            self._want_more(host, state)
 
     def give_back(self, host: str, statuses: list[int], retry_after: float | None) -> None:
         """Free the slot of ``host`` a thread held, with the answers the host gave it."""
@@ -206,7 +216,7 @@ class LocalGate:
     # -- in the lock -------------------------------------------------------------------
 
     def _needed(self, state: _Host) -> int:
-        return min(self.per_host, state.busy + len(state.waiters))
+        return min(self.per_host, state.busy + len(state.waiters) + state.expected)
 
     def _want_more(self, host: str, state: _Host) -> None:
         more = self._needed(state) - state.owned - state.asked
@@ -260,7 +270,7 @@ class LocalGate:
     def _expire(self, now: float) -> None:
         """Give back the slots nobody used for ``KEEP`` seconds; forget idle hosts."""
         for host, state in self._hosts.items():
-            if not state.waiters and now - state.idle_since >= KEEP:
+            if not (state.waiters or state.expected) and now - state.idle_since >= KEEP:
                 self._give_back_free(host, state, state.free())
         idle = [h for h, s in self._hosts.items() if not (s.owned or s.asked or s.change)]
         for host in idle:

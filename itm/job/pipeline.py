@@ -38,7 +38,7 @@ from ray.actor import ActorHandle
 
 from itm.config import Settings
 from itm.job.decode_turns import decode_turn
-from itm.job.download import HostHand, fetch
+from itm.job.download import HostHand, fetch, first_host
 from itm.job.host_gate import LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
 from itm.job.urls import shown_url
@@ -126,10 +126,19 @@ def download_batch(
         while (line := todo.get()) is not None:
             done.put((line, _download(line[1], settings, hand)))
 
+    def expect(at: int) -> None:
+        """Tell the gate of the line ``threads`` ahead: its slot is asked for while the
+        lines before it download, not when it starts."""
+        if gate is not None and at < len(lines) and (host := first_host(lines[at][1])):
+            gate.expect(host)
+
     def feed() -> None:
-        for line in lines:
+        for at in range(workers):
+            expect(at)
+        for at, line in enumerate(lines):
             slots.acquire()
             todo.put(line)
+            expect(at + workers)
 
     for _ in range(workers):
         threading.Thread(target=work, name="download", daemon=True).start()

@@ -29,7 +29,7 @@ from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
 from itm.job.fingerprint import fingerprint
 from itm.job.lines import count_lines, read_lines
-from itm.job.pipeline import run_batches
+from itm.job.pipeline import run_batches, start_politeness
 from itm.job.ray_runtime import init_ray
 from itm.job.retry import Retry, plan_retry, resumed_retry
 from itm.job.writer import MongoUnavailable, start_writers, writer_count
@@ -72,6 +72,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     the run it retries, read again from that run's input file.
     """
     nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    start_politeness(settings)  # its process starts while the writers' do
     writers = start_writers(
         mongo_uri,
         settings.db,

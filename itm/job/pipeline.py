@@ -197,6 +197,13 @@ def shard_of(md5: str | None, line: int, shards: int) -> int:
     return line % shards if md5 is None else int(md5[:8], 16) % shards
 
 
+def start_politeness(settings: Settings) -> ActorHandle[Any] | None:
+    """The run's per-host slot actor (none for ``--per-host 0``); a job calls it first, so
+    that the actor's process starts alongside the writers' rather than after them. A
+    silent download process loses its slots after a line's deadline and then some."""
+    return start_host_slots(settings.per_host, settings.deadline + BACKSTOP_GRACE)
+
+
 def run_batches(
     lines: Iterable[Line],
     writers: Sequence[ActorHandle[Any]],
@@ -256,10 +263,8 @@ class _Driver:
         self.threads = max(1, settings.concurrency // nodes)
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
         self.settings_ref = ray.put(settings)
-        # One actor for the whole cluster leases the per-host slots to download processes
-        # (none for --per-host 0); a silent process loses them after a line's deadline
-        # and then some.
-        self.host_slots = start_host_slots(settings.per_host, settings.deadline + BACKSTOP_GRACE)
+        # One actor for the whole cluster leases the per-host slots to download processes.
+        self.host_slots = start_politeness(settings)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
         self.routing: dict[ray.ObjectRef[list[str | None]], _Group] = {}  # md5s to come
         self.writing: dict[ray.ObjectRef[Counts], tuple[_Group, list[Line]]] = {}

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import os
 import random
 import subprocess
@@ -44,7 +45,7 @@ import ray
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, Files, State
-from itm.job.host_gate import LocalGate, start_host_slots
+from itm.job.host_gate import ACTOR_NAME, LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png
 from itm.job.pipeline import run_batches, shard_of
 from itm.job.ray_runtime import init_ray
@@ -136,12 +137,12 @@ def table_line(
 # -- writers -------------------------------------------------------------------------------
 
 
-def photo_grays() -> list[GrayImage]:
-    """Grayscale PNGs of real photos at web sizes, made once (outside any measurement)."""
+def photo_grays(sizes: list[tuple[int, int]]) -> list[GrayImage]:
+    """Grayscale PNGs of real photos at these sizes, made once (outside any measurement)."""
     return [
         grayscale_png(photo_jpeg(index, width, height), 10**8, 1)
         for index in range(len(photo_files()))
-        for width, height in SIZES
+        for width, height in sizes
     ]
 
 
@@ -173,8 +174,10 @@ def make_groups(lines: int, grays: list[GrayImage]) -> list[tuple[list, list, li
     ]
 
 
-def writers_stage(uri: str, db_pid: int, lines: int, counts: list[int]) -> None:
-    grays = photo_grays()
+def writers_stage(
+    uri: str, db_pid: int, lines: int, counts: list[int], sizes: list[tuple[int, int]]
+) -> None:
+    grays = photo_grays(sizes)
     megabytes = sum(len(g.png) for g in grays) / len(grays) / 1e6
     print(f"writers: {lines} lines per K, PNGs of {megabytes:.2f} MB on average", flush=True)
     groups = make_groups(lines, grays)
@@ -238,12 +241,13 @@ class Downloads:
 
     def run(self, design: str, actor: Any, hosts: list[str], weights: list[float]) -> int:
         stop, done = time.monotonic() + self.seconds, [0] * self.threads
+        cumulative = list(itertools.accumulate(weights))  # a draw is then a bisection
         gate = LocalGate(actor, 8) if design == "new" else None
 
         def new(at: int) -> None:
             assert gate is not None
             while time.monotonic() < stop:
-                host = random.choices(hosts, weights)[0]
+                host = random.choices(hosts, cum_weights=cumulative)[0]
                 if gate.take(host, 30.0):
                     time.sleep(random.uniform(0, 0.002))
                     gate.give_back(host, [200], None)
@@ -257,7 +261,7 @@ class Downloads:
             hand, ticket = HostGate(actor, 8), random.getrandbits(62)
             held, taken, statuses = None, 0.0, []
             while time.monotonic() < stop:
-                host = random.choices(hosts, weights)[0]
+                host = random.choices(hosts, cum_weights=cumulative)[0]
                 if host != held or time.monotonic() - taken >= 1.0:
                     held = host if hand.take(ticket, host, 30.0, statuses, None) else None
                     taken, statuses = time.monotonic(), []
@@ -284,6 +288,8 @@ def slots_stage(db_pid: int, seconds: float, designs: list[str]) -> None:
     cases = {
         "4 hosts": ([f"img{i}.example.com" for i in range(4)], [0.55, 0.25, 0.15, 0.05]),
         "1,000 hosts": ([f"img{i}.example.com" for i in range(1000)], [1.0] * 1000),
+        # Nearly every line on a host its process holds no slot of: a grant per line.
+        "100,000 hosts": ([f"img{i}.example.com" for i in range(100_000)], [1.0] * 100_000),
     }
     for design in designs:
         if design == "new":
@@ -327,9 +333,13 @@ def driver_stage(uri: str, db_pid: int, lines: int) -> None:
             before, started = cpu_now(labels, db_pid), time.perf_counter()
             counts = run_batches(part, writers, run_id, settings)
             wall = time.perf_counter() - started
+            if per_host and "slot actor" not in labels.values():
+                labels[pid_of(ray.get_actor(ACTOR_NAME))] = "slot actor"
         assert counts.lines == lines, counts
         cpu = spent(f"driver per_host={per_host}", before, cpu_now(labels, db_pid))
         note = f"writer {cpu['writer 0'] / lines * 1000:.3f} ms/line"
+        if per_host:
+            note += f", slot actor {cpu['slot actor'] / lines * 1000:.3f} ms/line"
         row("driver", f"per_host={per_host}", lines, wall, cpu, ["driver"], note)
         ray.kill(writers[0])
 
@@ -339,6 +349,12 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["writers", "slots", "driver"])
     parser.add_argument("--writer-lines", type=int, default=1536)
     parser.add_argument("--writers", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument(
+        "--sizes",
+        nargs="*",
+        default=[f"{w}x{h}" for w, h in SIZES],
+        help="photo sizes WxH of the writers' images (e.g. 200x200: picsum-like thumbnails)",
+    )
     parser.add_argument("--slot-seconds", type=float, default=8.0)
     parser.add_argument("--designs", nargs="*", default=["new", "old"], choices=["new", "old"])
     parser.add_argument("--driver-lines", type=int, default=20_000)
@@ -350,7 +366,8 @@ def main() -> None:
         init_ray(None, dashboard=False)
         try:
             if "writers" in args.only:
-                writers_stage(uri, db_pid, args.writer_lines, args.writers)
+                sizes = [tuple(map(int, size.split("x"))) for size in args.sizes]
+                writers_stage(uri, db_pid, args.writer_lines, args.writers, sizes)
             if "slots" in args.only:
                 slots_stage(db_pid, args.slot_seconds, args.designs)
             if "driver" in args.only:

@@ -16,9 +16,9 @@ so their start is not counted; the Ray workers started during a stage are listed
   with 4 calls in flight per writer. Ceiling: K / (writer CPU per line).
 - ``slots``: the per-host limit (``--per-host 8``) alone: 3 download processes of 48
   threads each take a slot, hold it 0-2 ms (no network), give it back with a 200, on
-  4 hosts (skewed) or 1,000; the new design (``LocalGate`` + ``HostSlotActor``), and
-  the old one (one ``HostTokenActor`` call per host change, commit 9aa2465, loaded
-  from git). Ceiling: 1 / (actor CPU per line).
+  4 hosts (skewed), 1,000, or 100,000 (nearly a grant per line); the new design
+  (``LocalGate`` + ``HostSlotActor``), and the old one (one ``HostTokenActor`` call
+  per host change, commit 9aa2465, loaded from git). Ceiling: 1 / (actor CPU per line).
 - ``driver``: the real ``run_batches`` over lines that fail at once (a private
   address: ``blocked_address``), one writer, ``--per-host 0`` and 8 (1,000 hosts).
   Ceiling: 1 / (driver CPU per line).

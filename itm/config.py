@@ -132,6 +132,12 @@ class Settings:
         "also fetch link-local addresses (169.254.0.0/16, fe80::/10): off, because "
         "cloud metadata services there hand out credentials",
     )
+    ca_bundle: Path | None = _opt(
+        None,
+        "certificates (a PEM file, or a directory of them) that HTTPS servers are verified "
+        "against, in place of the default; none: REQUESTS_CA_BUNDLE, SSL_CERT_FILE or "
+        "SSL_CERT_DIR if set, else the system's trust store and certifi's bundle",
+    )
     download_resource: str | None = _opt(
         None,
         "custom Ray resource a node must offer to run downloads (start those nodes "
@@ -173,6 +179,8 @@ class Settings:
             raise ValueError("api_snapshot_s cannot be negative")
         if self.retries < 0 or self.max_redirects < 0 or self.per_host < 0:
             raise ValueError("retries, max_redirects and per_host cannot be negative")
+        if self.ca_bundle is not None and not self.ca_bundle.exists():
+            raise ValueError(f"ca_bundle {self.ca_bundle} does not exist")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
         if self.retry_failed and self.resume:

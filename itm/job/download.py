@@ -9,9 +9,10 @@ Nothing is left to the server:
 - redirects are followed hop by hop here; a redirect's body is never read (at most
   a small one that has already arrived, to keep the connection), and every body
   read counts against ``--max-bytes``, decompressed size included;
-- each hop's host is resolved once, each address checked (``itm.job.urls``), and the
-  connection goes to the address that was checked, so DNS cannot swap it; TLS is
-  still verified against the host name;
+- each hop's host is resolved (through the process's DNS cache, ``_Resolver``), each
+  address checked (``itm.job.urls``), and the connection goes to an address that was
+  checked, so DNS cannot swap it; TLS is still verified against the host name, with
+  the user's trust (``_trust``);
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
   from another URL goes into a request;
 - with a ``HostHand`` (``--per-host``), each hop first holds a token of its host,
@@ -19,35 +20,38 @@ Nothing is left to the server:
 
 Every way a download can fail ends as one ``Failure`` with a stable ``reason``.
 Connections are pooled per process, keep-alive, and reused across URLs of the
-same host only when pinned to an address this hop checked. Thread-safe.
+same host only when pinned to an address this hop checked; the pool is bounded in
+size and in idle time (``_Pool``), whatever the number of hosts. Thread-safe.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import functools
 import heapq
 import http.client
 import ipaddress
 import itertools
+import math
 import os
 import secrets
 import select
 import socket
 import ssl
+import sys
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any, Protocol
-from urllib.parse import urljoin
 
 import certifi
-from requests.utils import requote_uri
 
 from itm.config import Settings
 from itm.job.politeness import REFUSALS
-from itm.job.urls import Target, address_refusal, check_url, target_of
+from itm.job.urls import Target, address_refusal, check_url, redirect_url, target_of
 from itm.outcomes import Failure, Reason
 
 # Worth another try: the server or the path to it may be fine a moment later.
@@ -61,7 +65,21 @@ USER_AGENT = "itm/0.1"
 # connection can carry the next hop; anything else closes it unread.
 DRAIN_BYTES = 4096
 DRAIN_SECONDS = 0.05
-_TLS = ssl.create_default_context(cafile=certifi.where())
+IDLE_SECONDS = 4.0  # an idle pooled connection is closed this long after its last use
+SWEEP_SECONDS = 1.0  # the watchdog sweeps the pool at most this often
+DNS_SECONDS = 60.0  # a host's addresses are reused this long (getaddrinfo gives no TTL)
+DNS_FAILURE_SECONDS = 5.0  # a failed or unanswered lookup is remembered this long
+DNS_HOSTS = 10_000  # hosts remembered at most; the oldest answer goes first
+# Trust given the conventional way, in this order of precedence (see ``_trust``).
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+# The distributions' bundles, for a Python whose OpenSSL looks elsewhere (as truststore).
+SYSTEM_BUNDLES = (
+    "/etc/ssl/cert.pem",
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
+    "/etc/pki/tls/cert.pem",
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/ssl/ca-bundle.pem",
+)
 AddrInfo = tuple[Any, ...]  # one answer of socket.getaddrinfo
 
 
@@ -127,7 +145,7 @@ class _Exchange:
         self._done = False
 
     def __enter__(self) -> _Exchange:
-        _WATCHDOG.add(self)
+        _WATCHDOG.add(self, self.deadline)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -233,31 +251,41 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
+class _Expiring(Protocol):
+    def expire(self) -> None:
+        """Called by the watchdog thread at the time it was added for."""
+
+
 class _Watchdog:
-    """One thread per process that expires exchanges at their deadlines."""
+    """One thread per process that expires exchanges at their deadlines, and sweeps
+    the connection pool."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Exchange]] = []
+        self._heap: list[tuple[float, int, _Expiring]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def add(self, exchange: _Exchange) -> None:
+    def add(self, item: _Expiring, when: float) -> None:
         with self._cond:
-            heapq.heappush(self._heap, (exchange.deadline, next(self._order), exchange))
+            heapq.heappush(self._heap, (when, next(self._order), item))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="itm-deadline", daemon=True)
                 self._thread.start()
-            if self._heap[0][2] is exchange:
+            if self._heap[0][2] is item:
                 self._cond.notify()
 
     def _run(self) -> None:
-        with self._cond:
-            while True:
+        while True:
+            with self._cond:
                 now = time.monotonic()
+                due = []
                 while self._heap and self._heap[0][0] <= now:
-                    heapq.heappop(self._heap)[2].expire()
-                self._cond.wait(self._heap[0][0] - now if self._heap else None)
+                    due.append(heapq.heappop(self._heap)[2])
+                if not due:
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            for item in due:  # outside the lock: a sweep takes the pool's lock
+                item.expire()
 
     def forget_thread(self) -> None:
         """In a forked child the thread is gone: the next ``add`` starts one."""
@@ -295,7 +323,11 @@ def _failure_of(exc: Exception, settings: Settings) -> Failure | _Transient:
     if isinstance(exc, TimeoutError):
         return Failure(Reason.TIMEOUT, f"no data for {settings.read_timeout:g} s")
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return Failure(Reason.CONNECTION_ERROR, f"TLS certificate refused: {exc.verify_message}")
+        return Failure(
+            Reason.CONNECTION_ERROR,
+            f"TLS certificate refused: {exc.verify_message} (trusted: {_trust(settings)[1]}; "
+            "another CA: --ca-bundle or SSL_CERT_FILE)",
+        )
     if isinstance(exc, (OSError, http.client.IncompleteRead)):  # refused, reset, closed early
         return _Transient(Failure(Reason.CONNECTION_ERROR, str(exc) or type(exc).__name__))
     if isinstance(exc, (http.client.HTTPException, zlib.error)):
@@ -323,9 +355,8 @@ def _follow(url: str, exchange: _Exchange, settings: Settings) -> bytes:
         _finish(target, conn, response, exchange, settings)
         if location is None:
             raise _status_failure(response, exchange, settings)
-        # Headers arrive as latin-1; a UTF-8 Location is the common case, spaces happen.
-        location = location.encode("latin-1").decode("utf-8", "replace")
-        url = check_url(requote_uri(urljoin(url, location)))
+        # Headers arrive as latin-1; a UTF-8 Location is the common case.
+        url = redirect_url(url, location.encode("latin-1").decode("utf-8", "replace"))
     raise Failure(Reason.TOO_MANY_REDIRECTS, f"more than {settings.max_redirects} redirects")
 
 
@@ -351,8 +382,8 @@ def _status_failure(
 def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), if valid."""
     value = (value or "").strip()
-    if value.isdigit():
-        return float(value)
+    if (seconds := _digits(value)) is not None:
+        return float(seconds)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -362,11 +393,19 @@ def retry_after(value: str | None) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
+def _digits(value: str) -> int | None:
+    """The number a header spells in ASCII digits, if that is all it is (``str.isdigit``
+    also takes ``²``, which ``int`` refuses)."""
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 # --- one hop: resolve, check, connect (or reuse), send, read the headers ---------
 
 
 class _Connection(http.client.HTTPConnection):
     """HTTP/1.1 to one checked address, whatever the host name resolves to later."""
+
+    context: ssl.SSLContext | None = None  # the trust its certificate was verified with
 
     def __init__(self, ip: str, port: int, timeout: float, exchange: _Exchange) -> None:
         super().__init__(ip, port, timeout=timeout)
@@ -381,48 +420,111 @@ class _Connection(http.client.HTTPConnection):
 class _TLSConnection(_Connection):
     """TLS to the checked address, verified against the host name (SNI and certificate)."""
 
+    context: ssl.SSLContext
+
     def __init__(
-        self, ip: str, port: int, timeout: float, exchange: _Exchange, hostname: str
+        self,
+        ip: str,
+        port: int,
+        timeout: float,
+        exchange: _Exchange,
+        hostname: str,
+        context: ssl.SSLContext,
     ) -> None:
         super().__init__(ip, port, timeout, exchange)
         self.hostname = hostname
+        self.context = context
 
     def connect(self) -> None:
         super().connect()
-        self.sock = _TLS.wrap_socket(
+        self.sock = self.context.wrap_socket(
             self.sock, server_hostname=self.hostname, do_handshake_on_connect=False
         )
         self.exchange.watch(self.sock)  # the handshake too is bounded by the deadline
         self.sock.do_handshake()
 
 
+_Key = tuple[ssl.SSLContext | None, str, int]  # the TLS trust (None: plain HTTP), host, port
+
+
 class _Pool:
-    """Idle keep-alive connections per (scheme, host, port), each pinned to its address."""
+    """Idle keep-alive connections per (TLS trust, host, port), each pinned to its address.
+
+    Bounded however many hosts a list has: ``cap`` idle connections in all (the least
+    recently used closes first), each closed ``IDLE_SECONDS`` after its last use, by
+    the next ``take`` or ``put``, or else by the watchdog's sweep (``expire``).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
+        self._idle: dict[_Key, list[_Connection]] = {}
+        self._since: OrderedDict[_Connection, tuple[_Key, float]] = OrderedDict()  # oldest first
+        self._sweeping = False  # a sweep is due on the watchdog
 
-    def take(self, target: Target, addresses: list[str]) -> _Connection | None:
+    def take(
+        self, target: Target, context: ssl.SSLContext | None, addresses: list[str]
+    ) -> _Connection | None:
         with self._lock:
-            idle = self._idle.get((target.tls, target.host, target.port), [])
-            for i in range(len(idle) - 1, -1, -1):
-                if idle[i].ip in addresses:
-                    conn = idle.pop(i)
-                    break
-            else:
-                return None
+            stale = self._stale(time.monotonic())
+            idle = self._idle.get((context, target.host, target.port), [])
+            conn = next((conn for conn in reversed(idle) if conn.ip in addresses), None)
+            if conn is not None:
+                self._remove(conn)
+        _close(stale)
+        if conn is None:
+            return None
         if _alive(conn.sock):
             return conn
         conn.close()
         return None
 
     def put(self, target: Target, conn: _Connection, cap: int) -> None:
+        now = time.monotonic()
         with self._lock:
-            idle = self._idle.setdefault((target.tls, target.host, target.port), [])
-            if len(idle) < cap:
-                idle.append(conn)
-                return
+            stale = self._stale(now)
+            key = (conn.context, target.host, target.port)
+            self._idle.setdefault(key, []).append(conn)
+            self._since[conn] = (key, now)
+            while len(self._since) > cap:
+                stale.append(self._remove(next(iter(self._since))))
+            sweep = not self._sweeping
+            self._sweeping = True
+            oldest = next(iter(self._since.values()))[1]
+        _close(stale)
+        if sweep:
+            _WATCHDOG.add(self, oldest + IDLE_SECONDS)
+
+    def expire(self) -> None:
+        """The watchdog's sweep: close what has been idle too long, come back for the rest."""
+        now = time.monotonic()
+        with self._lock:
+            stale = self._stale(now)
+            oldest = next(iter(self._since.values()), None)
+            self._sweeping = oldest is not None
+        _close(stale)
+        if oldest is not None:
+            _WATCHDOG.add(self, max(oldest[1] + IDLE_SECONDS, now + SWEEP_SECONDS))
+
+    def _stale(self, now: float) -> list[_Connection]:
+        stale = []
+        while self._since:
+            conn, (_, since) = next(iter(self._since.items()))
+            if now - since < IDLE_SECONDS:
+                break
+            stale.append(self._remove(conn))
+        return stale
+
+    def _remove(self, conn: _Connection) -> _Connection:
+        key, _ = self._since.pop(conn)
+        idle = self._idle[key]
+        idle.remove(conn)
+        if not idle:
+            del self._idle[key]
+        return conn
+
+
+def _close(conns: list[_Connection]) -> None:
+    for conn in conns:
         conn.close()
 
 
@@ -442,9 +544,10 @@ def _request(
     target: Target, exchange: _Exchange, settings: Settings
 ) -> tuple[_Connection, http.client.HTTPResponse]:
     addresses = _addresses(target, exchange, settings)
-    conn = _POOL.take(target, addresses)
+    context = _trust(settings)[0] if target.tls else None
+    conn = _POOL.take(target, context, addresses)
     if conn is None:
-        conn = _connect(target, addresses, exchange, settings)
+        conn = _connect(target, context, addresses, exchange, settings)
     else:
         conn.exchange = exchange
         exchange.watch(conn.sock)
@@ -488,8 +591,8 @@ def _addresses(target: Target, exchange: _Exchange, settings: Settings) -> list[
 
 def _resolve(target: Target, exchange: _Exchange) -> list[str]:
     """Every address of the host, in the resolver's order. Numeric forms (``127.1``,
-    ``2130706433``, ``0x7f.1``) are read without a lookup; a name is looked up in a
-    thread of its own, so that a slow resolver cannot hold the URL past its deadline."""
+    ``2130706433``, ``0x7f.1``) are read without a lookup; a name is looked up
+    through the process's cache (``_Resolver``)."""
     try:
         return _sockaddrs(
             socket.getaddrinfo(
@@ -497,27 +600,83 @@ def _resolve(target: Target, exchange: _Exchange) -> list[str]:
             )
         )
     except socket.gaierror:
-        pass
-    answer: list[list[AddrInfo] | OSError] = []
-    done = threading.Event()
+        return _RESOLVER.addresses(target.host, exchange)
 
-    def lookup() -> None:
+
+class _Lookup:
+    """One host's lookup, shared by every thread that asks while it runs or is fresh."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.done = threading.Event()
+        self.until = math.inf  # fresh until then (monotonic time)
+        self.addresses: list[str] = []
+        self.error: str | None = None
+        self.abandoned = False  # a line waited for it until its deadline
+
+    def run(self) -> None:
         try:
-            answer.append(socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM))
-        except OSError as exc:
-            answer.append(exc)
-        done.set()
+            self.addresses = _sockaddrs(
+                socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
+            )
+        except (OSError, UnicodeError) as exc:
+            self.error = str(exc)
+        self.until = time.monotonic() + (DNS_FAILURE_SECONDS if self.error else DNS_SECONDS)
+        self.done.set()
 
-    threading.Thread(target=lookup, name="itm-dns", daemon=True).start()
-    if not done.wait(exchange.remaining()):
-        exchange.expired = True
-        raise OSError(f"no DNS answer for {target.host}")
-    if isinstance(answer[0], OSError):
-        failure = Failure(Reason.CONNECTION_ERROR, f"cannot resolve {target.host}: {answer[0]}")
-        if getattr(answer[0], "errno", None) == socket.EAI_NONAME:
-            raise failure
-        raise _Transient(failure)
-    return _sockaddrs(answer[0])
+
+class _Resolver:
+    """The process's DNS cache, as a crawler keeps one.
+
+    An answer is reused for ``DNS_SECONDS``, a failure (or a lookup that outlived a
+    line's deadline) for ``DNS_FAILURE_SECONDS``; threads asking for a host whose lookup
+    runs wait for that one. A lookup runs in a thread of its own, so that a slow
+    resolver cannot hold a URL past its deadline. It fails closed: no answer, no
+    connection; and the caller still checks every address it is given.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lookups: dict[str, _Lookup] = {}  # oldest first
+        self.started = 0
+
+    def addresses(self, host: str, exchange: _Exchange) -> list[str]:
+        with self._lock:
+            lookup = self._lookups.get(host)
+            start = lookup is None or lookup.until <= time.monotonic()
+            if start:
+                self._lookups.pop(host, None)
+                if len(self._lookups) >= DNS_HOSTS:
+                    del self._lookups[next(iter(self._lookups))]
+                lookup = self._lookups[host] = _Lookup(host)
+                self.started += 1
+        assert lookup is not None
+        if start:
+            threading.Thread(target=lookup.run, name="itm-dns", daemon=True).start()
+        if not lookup.done.is_set():
+            if lookup.abandoned:
+                raise Failure(
+                    Reason.TIMEOUT,
+                    f"no DNS answer for {host} within a whole deadline; "
+                    f"not asked again for {DNS_FAILURE_SECONDS:g} s",
+                )
+            if not lookup.done.wait(exchange.remaining()):
+                with self._lock:
+                    lookup.abandoned = True
+                    lookup.until = min(lookup.until, time.monotonic() + DNS_FAILURE_SECONDS)
+                exchange.expired = True
+                raise OSError(f"no DNS answer for {host}")
+        if lookup.error is not None:
+            raise Failure(Reason.CONNECTION_ERROR, f"cannot resolve {host}: {lookup.error}")
+        return lookup.addresses
+
+
+_RESOLVER = _Resolver()
+
+
+def dns_lookups() -> int:
+    """Host name lookups this process has started (answers from the cache not counted)."""
+    return _RESOLVER.started
 
 
 def _sockaddrs(infos: list[AddrInfo]) -> list[str]:
@@ -525,15 +684,19 @@ def _sockaddrs(infos: list[AddrInfo]) -> list[str]:
 
 
 def _connect(
-    target: Target, addresses: list[str], exchange: _Exchange, settings: Settings
+    target: Target,
+    context: ssl.SSLContext | None,
+    addresses: list[str],
+    exchange: _Exchange,
+    settings: Settings,
 ) -> _Connection:
-    """A new connection to the first checked address that answers."""
+    """A new connection to the first checked address that answers (TLS with ``context``)."""
     error: OSError = OSError("no address")
     for address in addresses:
         timeout = min(settings.connect_timeout, exchange.remaining())
         conn = (
-            _TLSConnection(address, target.port, timeout, exchange, target.host)
-            if target.tls
+            _TLSConnection(address, target.port, timeout, exchange, target.host, context)
+            if context is not None
             else _Connection(address, target.port, timeout, exchange)
         )
         try:
@@ -548,15 +711,70 @@ def _connect(
     raise error
 
 
+def _trust(settings: Settings) -> tuple[ssl.SSLContext, str]:
+    """The TLS context for ``settings``, and the name of the trust it holds.
+
+    The first of: ``--ca-bundle``; ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``,
+    ``SSL_CERT_DIR`` (every one that is set); the system's trust store with certifi's
+    bundle. A file or directory given replaces the default, as it does for requests,
+    pip and OpenSSL.
+    """
+    if settings.ca_bundle is not None:
+        return _context((("--ca-bundle", str(settings.ca_bundle)),))
+    return _context(
+        tuple((name, os.environ[name]) for name in CA_VARIABLES if os.environ.get(name))
+    )
+
+
+@functools.cache
+def _context(sources: tuple[tuple[str, str], ...]) -> tuple[ssl.SSLContext, str]:
+    if not sources:
+        return _system_context(), "the system's trust store and certifi's bundle"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    for name, path in sources:
+        try:
+            if os.path.isdir(path):
+                context.load_verify_locations(capath=path)
+            else:
+                context.load_verify_locations(cafile=path)
+        except (OSError, ValueError) as exc:
+            raise Failure(
+                Reason.CONNECTION_ERROR, f"cannot load the certificates of {name}={path}: {exc}"
+            ) from None
+    return context, " and ".join(f"{name}={path}" for name, path in sources)
+
+
+def _system_context() -> ssl.SSLContext:
+    """The operating system's trust store plus certifi's bundle, as pip trusts both.
+
+    On macOS and Windows the system verifies (``truststore``, as pip). Elsewhere the
+    store is a bundle file that OpenSSL loads here once per process: truststore would
+    load it again for every connection (20 ms of CPU each, measured).
+    """
+    if sys.platform in ("darwin", "win32"):
+        import truststore
+
+        context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    else:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.set_default_verify_paths()
+        if ssl.get_default_verify_paths().cafile is None:
+            bundle = next((path for path in SYSTEM_BUNDLES if os.path.isfile(path)), None)
+            if bundle is not None:
+                context.load_verify_locations(cafile=bundle)
+    context.load_verify_locations(cafile=certifi.where())
+    return context
+
+
 # --- after the headers: the body, or the connection back to the pool --------------
 
 
 def _read_body(response: http.client.HTTPResponse, settings: Settings) -> bytes:
     """Stream the body, counting decoded bytes against the limit (Content-Length is only a hint)."""
     limit = settings.max_bytes
-    declared = response.getheader("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise Failure(Reason.TOO_LARGE, f"Content-Length {int(declared):,} is over {limit:,} bytes")
+    declared = _digits(response.getheader("Content-Length", ""))
+    if declared is not None and declared > limit:
+        raise Failure(Reason.TOO_LARGE, f"Content-Length {declared:,} is over {limit:,} bytes")
     decoder = _decoder(response.getheader("Content-Encoding"))
     body = bytearray()
     # read1 returns whatever has arrived; the watchdog bounds the wait for it.
@@ -616,7 +834,8 @@ def _release(
     if response.length == 0:  # read to its end: http.client closes it only at EOF
         response.close()
     if response.isclosed() and conn.sock is not None and not exchange.expired:
-        # A download task runs up to `concurrency` threads: keep as many connections.
+        # A download task runs up to `concurrency` threads: keep as many idle connections,
+        # every host together.
         _POOL.put(target, conn, settings.concurrency)
     else:
         _discard(conn, exchange, response)

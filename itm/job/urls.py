@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from requests.utils import requote_uri
 
@@ -23,6 +23,18 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")  # "this host": 0.0.0.0 reaches localhost
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Special-purpose ranges (IANA's registries) that ``ipaddress``'s flags call global.
+_SPECIAL: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = tuple(
+    (ipaddress.ip_network(network), kind)
+    for network, kind in (
+        ("192.0.0.0/24", "private"),  # IETF protocol assignments (DS-Lite, dummy, PCP...)
+        ("192.88.99.0/24", "reserved"),  # deprecated 6to4 relay anycast (RFC 7526)
+        ("fec0::/10", "private"),  # deprecated site-local: the intranet range before fc00::/7
+        ("3fff::/20", "private"),  # documentation (RFC 9637), as 2001:db8::/32 is
+        ("5f00::/16", "reserved"),  # SRv6 segment identifiers (RFC 9602)
+        ("100:0:0:1::/64", "reserved"),  # dummy prefix (RFC 9780)
+    )
+)
 PRIVATE_FLAG = "--allow-private-addresses (ITM_ALLOW_PRIVATE_ADDRESSES=1)"
 LINK_LOCAL_FLAG = "--allow-link-local-addresses (ITM_ALLOW_LINK_LOCAL_ADDRESSES=1)"
 
@@ -96,6 +108,25 @@ def target_of(url: str) -> Target:
     )
 
 
+def redirect_url(url: str, location: str) -> str:
+    """The checked URL a redirect's ``Location`` leads to from ``url``.
+
+    The host is left as it is, so that ``target_of`` IDNA-encodes it as it does an
+    input line's (``bücher.example``, not ``b%C3%BCcher.example``); the rest is
+    percent-encoded where a server left it raw (spaces happen).
+    """
+    parts = urlsplit(urljoin(url, location))
+    return check_url(
+        urlunsplit(
+            parts._replace(
+                path=requote_uri(parts.path),
+                query=requote_uri(parts.query),
+                fragment=requote_uri(parts.fragment),
+            )
+        )
+    )
+
+
 def address_refusal(address: IPAddress, settings: Settings) -> str | None:
     """``None`` when itm may connect to ``address``; otherwise why not, and the flag to allow it.
 
@@ -138,6 +169,9 @@ def address_kind(address: IPAddress) -> str | None:
         return "multicast"
     if address in _SHARED:
         return "carrier-grade NAT"
+    for network, kind in _SPECIAL:
+        if address in network:
+            return kind
     if address.is_reserved:
         return "reserved"
     if address.is_private or not address.is_global:

@@ -22,8 +22,8 @@ times, only the number of lookups. They are counted the same way for every
 pipeline: ``benchmarks/dns_counter/sitecustomize.py`` counts each real
 ``getaddrinfo`` of these names in every process.
 
-HTTPS: a CA made for the run (``web_server.make_ca``, ECDSA P-256) signs
-``*.itm-bench.test``; every pipeline gets it through ``SSL_CERT_FILE``.
+HTTPS: a CA made for the run (``tests/support/tls.py``, ECDSA P-256) signs
+``*.itm-bench.test``; every pipeline trusts it through ``SSL_CERT_FILE``.
 
 The pipelines, each its own process measured from outside as ``bench_pipeline``
 does (whole-process wall, CPU of its process tree, Ray worker processes started,
@@ -37,7 +37,7 @@ measured tree:
   writes to MongoDB);
 - ``img2dataset``: in its own virtualenv (``$TMPDIR/itm-bench-venv``, made on first
   use), the closest work it offers: download, decode, re-encode as PNG (level 1)
-  without resizing, md5 of the downloaded bytes, parquet shards on disk; 2
+  without resizing, md5 of the downloaded bytes, files on disk (its default); 2
   processes of 32 threads (64 downloads in flight, as itm), 4 shards. It has no
   grayscale, no MongoDB, no deduplication, no per-host limit and no redirect or
   address checks (urllib follows redirects to anywhere).
@@ -61,16 +61,16 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.bench_pipeline import ROOT, Measure, measure, run
-from benchmarks.web_server import make_ca
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.store import connect
 from tests.support.photo_server import photo_files, photo_jpeg
+from tests.support.tls import CA
 
 DOMAIN = "itm-bench.test"
 HOSTS_FILE = Path("/etc/hosts")
@@ -98,7 +98,7 @@ import sys
 from img2dataset import download
 urls, out, shard = sys.argv[1:]
 download(
-    url_list=urls, input_format="txt", output_folder=out, output_format="parquet",
+    url_list=urls, input_format="txt", output_folder=out, output_format="files",
     processes_count={PROCESSES}, thread_count={THREADS}, number_sample_per_shard=int(shard),
     resize_mode="no", encode_format="png", encode_quality=1, compute_hash="md5",
     extract_exif=False, timeout=10, retries=0, distributor="multiprocessing",
@@ -194,9 +194,10 @@ def floor(work: Workload, settings: Settings) -> float:
 
 
 @contextmanager
-def web_server(tls: Path | None) -> Iterator[int]:
-    """``benchmarks.web_server`` in its own process (its own GIL); yields its port."""
-    cert = ["--cert", str(tls / "cert.pem"), "--key", str(tls / "key.pem")] if tls else []
+def web_server(tls: tuple[Path, Path] | None) -> Iterator[int]:
+    """``benchmarks.web_server`` in its own process (its own GIL); yields its port.
+    ``tls``: its (certificate, key) files."""
+    cert = ["--cert", str(tls[0]), "--key", str(tls[1])] if tls else []
     server = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.web_server", *cert],
         cwd=ROOT,
@@ -230,6 +231,8 @@ class Row:
     stored: int
     lookups: int
     job: float | None = None  # itm's own job time
+    # The machine's 1-minute load average when it ended: the pipeline itself is ~2 of it.
+    load: float = field(default_factory=lambda: os.getloadavg()[0])
 
     def rate(self) -> float:
         return self.lines / self.measure.wall
@@ -245,7 +248,7 @@ def _lookups(log: Path) -> int:
 
 
 def scenario(
-    scheme: str, work: Workload, pipelines: list[str], uri: str, tmp: Path, ca: Path
+    scheme: str, work: Workload, pipelines: list[str], uri: str, tmp: Path, ca: CA
 ) -> dict[str, Row]:
     print(f"\n{scheme.upper()}: {len(work.paths)} lines", flush=True)
     log = tmp / "lookups"
@@ -253,10 +256,10 @@ def scenario(
         "PYTHONPATH": f"{COUNTER}{os.pathsep}{ROOT}",
         "ITM_BENCH_DNS_LOG": str(log),
         "ITM_BENCH_DNS_SUFFIX": f".{DOMAIN}",
-        "SSL_CERT_FILE": str(ca),
+        "SSL_CERT_FILE": str(ca.pem),
     }
     rows: dict[str, Row] = {}
-    with web_server(ca.parent if scheme == "https" else None) as port:
+    with web_server(ca.issue("web", (f"*.{DOMAIN}",)) if scheme == "https" else None) as port:
         urls = tmp / f"{scheme}.txt"
         urls.write_text(work.urls(scheme, port))
         client = connect(uri)
@@ -302,7 +305,7 @@ def row_text(row: Row, expected: int) -> str:
         f"{row.rate():.1f} lines/s, CPU {row.measure.cpu_total:.1f} s "
         f"({row.cpu_line() * 1000:.1f} ms/line: {cpu}), fds most {row.measure.fds_peak()}, "
         f"at the end {fds} ({sockets} sockets), DNS lookups {row.lookups / row.lines:.2f}/line, "
-        f"Ray workers {row.measure.workers}"
+        f"Ray workers {row.measure.workers}, load average {row.load:.1f}"
     )
 
 
@@ -326,7 +329,8 @@ def report(results: dict[str, dict[str, Row]], floor_line: float, work: Workload
             print(
                 f"| {scheme} | {row.name} | {row.stored}/{len(work.images)} | {row.rate():.1f} | "
                 f"{row.cpu_line() * 1000:.1f} | {row.cpu_line() / floor_line:.2f} | "
-                f"{row.measure.fds_peak()} / {fds} ({sockets}) | {row.lookups / row.lines:.2f} |"
+                f"{row.measure.fds_peak()} / {fds} ({sockets}) | {row.lookups / row.lines:.2f} | "
+                f"{row.load:.1f} |"
             )
     print("\nratios (targets of issue 19)")
     for scheme, rows in results.items():
@@ -366,7 +370,7 @@ def main() -> None:
         host_names(args.hosts),
         EmbeddedMongo(Path(tmp) / "mongo") as uri,
     ):
-        ca = make_ca(Path(tmp), DOMAIN)
+        ca = CA(Path(tmp) / "ca", "itm benchmark CA")
         for scheme in args.only:
             results[scheme] = scenario(scheme, work, args.pipelines, uri, Path(tmp), ca)
     report(results, floor_line, work)

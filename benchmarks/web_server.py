@@ -21,17 +21,11 @@ its stdin closes (its parent went away).
 from __future__ import annotations
 
 import argparse
-import datetime
 import ssl
 import sys
 import time
 from functools import cache
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from tests.support.photo_server import photo_jpeg
 from tests.support.servers import Handler, LocalServer
@@ -78,50 +72,6 @@ class WebServer(LocalServer):
         self.tls = tls
         self.scheme = "https" if tls else "http"
         self.port = self.httpd.server_address[1]
-
-
-def make_ca(folder: Path, domain: str) -> Path:
-    """A CA of its own and a certificate of ``*.<domain>`` it signs, as PEM files in
-    ``folder`` (``ca.pem``, ``cert.pem``, ``key.pem``); returns the CA's file, which
-    a client trusts through ``SSL_CERT_FILE``. ECDSA P-256, as most of the web."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "itm benchmark CA")])
-
-    def signed(builder: x509.CertificateBuilder) -> x509.Certificate:
-        builder = builder.issuer_name(ca_name).not_valid_before(now - datetime.timedelta(hours=1))
-        builder = builder.not_valid_after(now + datetime.timedelta(days=1))
-        return builder.serial_number(x509.random_serial_number()).sign(ca_key, hashes.SHA256())
-
-    ca = signed(
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .public_key(ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-    )
-    cert = signed(
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"*.{domain}")]))
-        .public_key(key.public_key())
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(f"*.{domain}")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .add_extension(x509.ExtendedKeyUsage([x509.ExtendedKeyUsageOID.SERVER_AUTH]), False)
-    )
-    pem = serialization.Encoding.PEM
-    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
-    (folder / "cert.pem").write_bytes(cert.public_bytes(pem))
-    (folder / "key.pem").write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return folder / "ca.pem"
 
 
 def main() -> None:

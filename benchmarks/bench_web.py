@@ -321,7 +321,7 @@ def report(results: dict[str, dict[str, Row]], floor_line: float, work: Workload
     print(f"floor (md5 + decode + grayscale + PNG): {floor_line * 1000:.1f} ms CPU per line")
     print(
         "\n| scheme | pipeline | stored | lines/s | CPU ms/line | x floor | fds most / at end "
-        "(sockets) | DNS lookups/line |\n|---|---|---|---|---|---|---|---|"
+        "(sockets) | DNS lookups/line | load |\n|---|---|---|---|---|---|---|---|---|"
     )
     for scheme, rows in results.items():
         for row in rows.values():

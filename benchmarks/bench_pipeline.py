@@ -273,7 +273,10 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
                     cmdline, times = member.cmdline(), member.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            kind = _kind(cmdline, member.pid == proc.pid)
+            if not cmdline and member.pid in seen:  # an exiting process shows none
+                kind = seen[member.pid][0]
+            else:
+                kind = _kind(cmdline, member.pid == proc.pid)
             seen[member.pid] = (kind, times.user + times.system)
             if kind == "ray workers":
                 workers.add(member.pid)

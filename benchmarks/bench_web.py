@@ -59,12 +59,13 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from benchmarks.bench_pipeline import ROOT, Measure, measure, run
+from benchmarks.bench_pipeline import ROOT, Measure, _download, measure, run
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.job.imaging import grayscale_png, md5_hex
@@ -193,6 +194,18 @@ def floor(work: Workload, settings: Settings) -> float:
     return sum(cost[key] for key in work.images) / len(work.paths)
 
 
+def download_cpu(urls: list[str]) -> float:
+    """CPU seconds per line of itm's ``fetch`` alone (HTTP, TLS, no decode) in this
+    process, 16 threads, on every 10th line: what any pipeline pays on top of the floor."""
+    sample = urls[::10]
+    started = time.process_time()
+    with ThreadPoolExecutor(16) as threads:
+        list(
+            threads.map(partial(_download, settings=Settings(allow_private_addresses=True)), sample)
+        )
+    return (time.process_time() - started) / len(sample)
+
+
 @contextmanager
 def web_server(tls: tuple[Path, Path] | None) -> Iterator[int]:
     """``benchmarks.web_server`` in its own process (its own GIL); yields its port.
@@ -249,7 +262,8 @@ def _lookups(log: Path) -> int:
 
 def scenario(
     scheme: str, work: Workload, pipelines: list[str], uri: str, tmp: Path, ca: CA
-) -> dict[str, Row]:
+) -> tuple[dict[str, Row], float]:
+    """Each pipeline's row, and the CPU per line of downloading alone."""
     print(f"\n{scheme.upper()}: {len(work.paths)} lines", flush=True)
     log = tmp / "lookups"
     env = {
@@ -259,9 +273,12 @@ def scenario(
         "SSL_CERT_FILE": str(ca.pem),
     }
     rows: dict[str, Row] = {}
+    os.environ["SSL_CERT_FILE"] = str(ca.pem)  # for download_cpu, in this process
     with web_server(ca.issue("web", (f"*.{DOMAIN}",)) if scheme == "https" else None) as port:
         urls = tmp / f"{scheme}.txt"
         urls.write_text(work.urls(scheme, port))
+        fetching = download_cpu(urls.read_text().splitlines())
+        print(f"  download alone (itm's fetch, 16 threads): {fetching * 1000:.1f} ms CPU per line")
         client = connect(uri)
         for name in pipelines:
             _lookups(log)
@@ -278,7 +295,7 @@ def scenario(
                     print(result.phase_row(), flush=True)
             print(row_text(rows[name], len(work.images)), flush=True)
         client.close()
-    return rows
+    return rows, fetching
 
 
 def run_img2dataset(urls: Path, out: Path, env: dict[str, str], log: Path) -> Row:
@@ -309,7 +326,9 @@ def row_text(row: Row, expected: int) -> str:
     )
 
 
-def report(results: dict[str, dict[str, Row]], floor_line: float, work: Workload) -> None:
+def report(
+    results: dict[str, tuple[dict[str, Row], float]], floor_line: float, work: Workload
+) -> None:
     latencies = sorted(work.latencies)
     slow = sum(ms > 400 for ms in latencies) / len(latencies)
     per_host = Counter(path.split("/", 1)[0] for path in work.paths).most_common()
@@ -323,7 +342,7 @@ def report(results: dict[str, dict[str, Row]], floor_line: float, work: Workload
         "\n| scheme | pipeline | stored | lines/s | CPU ms/line | x floor | fds most / at end "
         "(sockets) | DNS lookups/line | load |\n|---|---|---|---|---|---|---|---|---|"
     )
-    for scheme, rows in results.items():
+    for scheme, (rows, _) in results.items():
         for row in rows.values():
             fds, sockets = row.measure.fds_end()
             print(
@@ -332,8 +351,18 @@ def report(results: dict[str, dict[str, Row]], floor_line: float, work: Workload
                 f"{row.measure.fds_peak()} / {fds} ({sockets}) | {row.lookups / row.lines:.2f} | "
                 f"{row.load:.1f} |"
             )
+    print("\nCPU per line against the floor plus downloading alone (itm's fetch, this process)")
+    for scheme, (rows, fetching) in results.items():
+        print(
+            f"  {scheme}: download {fetching * 1000:.1f} ms, floor + download "
+            f"{(floor_line + fetching) * 1000:.1f} ms; "
+            + ", ".join(
+                f"{row.name} {row.cpu_line() / (floor_line + fetching):.2f}x"
+                for row in rows.values()
+            )
+        )
     print("\nratios (targets of issue 19)")
-    for scheme, rows in results.items():
+    for scheme, (rows, _) in results.items():
         if "itm" not in rows:
             continue
         itm = rows["itm"]

@@ -191,10 +191,21 @@ class Measure:
     stdout: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
     # pid: (kind, most fds seen, fds and sockets at its last sample), for FD_KINDS
     fds: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
+    # Ray worker pid: its CPU seconds, and the tasks and actors it was seen running
+    worker_cpu: dict[int, float] = field(default_factory=dict)
+    roles: dict[int, set[str]] = field(default_factory=dict)
 
     @property
     def cpu_total(self) -> float:
         return sum(self.cpu.values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds of the Ray workers, by the tasks and actors each ran."""
+        roles: dict[str, float] = {}
+        for pid, seconds in self.worker_cpu.items():
+            label = "+".join(sorted(self.roles.get(pid, {"IDLE"})))
+            roles[label] = roles.get(label, 0.0) + seconds
+        return roles
 
     def fds_peak(self) -> int:
         """The most file descriptors one process of the pipeline held at a sample."""
@@ -280,6 +291,9 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
             seen[member.pid] = (kind, times.user + times.system)
             if kind == "ray workers":
                 workers.add(member.pid)
+                role = cmdline[0].split()[0] if cmdline else ""
+                if role.startswith("ray::") and role != "ray::IDLE":
+                    result.roles.setdefault(member.pid, set()).add(role.removeprefix("ray::"))
             if kind in FD_KINDS and sample % 5 == 0:
                 with contextlib.suppress(OSError):
                     fds, sockets = _fds(member.pid)
@@ -289,8 +303,10 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
     proc.wait()
     result.wall = time.perf_counter() - started
     reader.join(5)
-    for kind, seconds in seen.values():
+    for pid, (kind, seconds) in seen.items():
         result.cpu[kind] = result.cpu.get(kind, 0.0) + seconds
+        if kind == "ray workers":
+            result.worker_cpu[pid] = seconds
     result.workers = len(workers)
     if proc.returncode:
         errors.seek(0)

@@ -293,6 +293,12 @@ def scenario(
                 rows[name] = Row(name, result.measure, result.lines, stored, lookups, result.job)
                 if name == "itm":
                     print(result.phase_row(), flush=True)
+                    roles = sorted(result.measure.cpu_by_role().items(), key=lambda x: -x[1])
+                    print(
+                        "              Ray workers' CPU (s) by what they ran: "
+                        + ", ".join(f"{role} {seconds:.1f}" for role, seconds in roles),
+                        flush=True,
+                    )
             print(row_text(rows[name], len(work.images)), flush=True)
         client.close()
     return rows, fetching

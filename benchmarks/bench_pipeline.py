@@ -293,7 +293,9 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
                 workers.add(member.pid)
                 role = cmdline[0].split()[0] if cmdline else ""
                 if role.startswith("ray::") and role != "ray::IDLE":
-                    result.roles.setdefault(member.pid, set()).add(role.removeprefix("ray::"))
+                    # ray::name:Class.method -> Class (a task: its function's name)
+                    role = role.removeprefix("ray::").split(".")[0].split(":")[-1]
+                    result.roles.setdefault(member.pid, set()).add(role)
             if kind in FD_KINDS and sample % 5 == 0:
                 with contextlib.suppress(OSError):
                     fds, sockets = _fds(member.pid)

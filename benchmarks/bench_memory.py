@@ -80,7 +80,7 @@ def main() -> None:
             if len(samples) == 0 or seen.lines - samples[-1][0] >= args.lines // 50:
                 samples.append((seen.lines, rss_mib(), object_store_used()))
 
-        run_batches(read_lines(urls, set()), writer, "memory", settings, sample)
+        run_batches(read_lines(urls, set()), [writer], "memory", settings, sample)
         sample(Counts())
         print(f"{args.lines:,} lines; driver RSS and object store use while they ran")
         print("    lines  driver RSS MiB  object store MiB")

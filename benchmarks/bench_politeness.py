@@ -26,8 +26,8 @@ from itm.store import connect
 from tests.support.host_servers import HostServer, spread_lines
 
 ACTOR_LINE = re.compile(
-    r"itm: --per-host \d+: (\d+) tokens, (\d+) waits timed out.*"
-    r"token actor (\d+) calls, ([\d.]+) s CPU"
+    r"itm: --per-host \d+: (\d+) slots granted, (\d+) waits timed out.*"
+    r"slot actor (\d+) calls, ([\d.]+) s CPU"
 )
 
 
@@ -63,8 +63,8 @@ def main() -> None:
                     tokens, timed_out, calls, cpu = match.groups()
                     share = float(cpu) / result.measure.cpu_total
                     print(
-                        f"  token actor: {calls} calls ({int(calls) / result.lines:.2f} per "
-                        f"line) for {tokens} tokens, {timed_out} waits timed out; "
+                        f"  slot actor: {calls} calls ({int(calls) / result.lines:.2f} per "
+                        f"line) for {tokens} slots, {timed_out} waits timed out; "
                         f"{cpu} s CPU in its process = {float(cpu) * 1000 / result.lines:.2f}"
                         f" ms per line, {share:.1%} of the job's CPU",
                         flush=True,

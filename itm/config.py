@@ -71,10 +71,21 @@ class Settings:
         "API requests queued in front of the replicas before the next one is a 503 at "
         "once (Serve's max_queued_requests): a bounded wait, never a pile-up",
     )
+    api_allowed_hosts: str | None = _opt(
+        None,
+        "more names the API answers to, comma-separated (*.example.com: its subdomains; "
+        "*: any name): a request's Host must be an IP address, localhost, the --host "
+        "name or one of these, so that no web page can read the API through DNS rebinding",
+    )
     dashboard: bool | None = _opt(
         None,
         "start the Ray dashboard (port 8265) with a local Ray; unset: only when serving "
         "(without it, a --no-serve run starts a leaner local Ray: fewer processes, sooner up)",
+    )
+    ray_dashboard_url: str | None = _opt(
+        None,
+        "the Ray dashboard that the API's page links to (http:// or https://); "
+        "`python -m itm.run` sets it to the dashboard of the Ray it uses; none: no link",
     )
     resume: str | None = _opt(
         None, "run id to resume: lines that already have an outcome are skipped"
@@ -105,6 +116,11 @@ class Settings:
         "for its own host (0: unlimited); 8 like Scrapy's default per domain, so that a list "
         "of one site does not hit it with every download slot at once. A host that keeps "
         "answering 429/503 is also backed off for the rest of the run",
+    )
+    writers: int = _opt(
+        0,
+        "writer actors, each owning a fixed share of the md5 space (0: one per 4 nodes "
+        "of the cluster, so one on a single machine)",
     )
     batch_size: int = _opt(
         32, "input lines per Ray task and per writer call: fewer tasks, workers and writes"
@@ -144,7 +160,11 @@ class Settings:
         "with --resources='{\"NAME\": 1}'): on a cluster where only some nodes reach the "
         "image hosts; none: every node downloads",
     )
-    max_pixels: int = _opt(50_000_000, "largest image decoded (width x height): bomb guard")
+    max_pixels: int = _opt(
+        50_000_000,
+        "largest image decoded (width x height): bomb guard, checked on the header and "
+        "wherever a decoder picks a size; Pillow's own limit too",
+    )
     png_level: int = _opt(
         1,
         "zlib level of the stored grayscale PNG (0-9): 0 stores it uncompressed; "
@@ -177,12 +197,17 @@ class Settings:
                 raise ValueError(f"{name} must be positive")
         if self.api_snapshot_s < 0:
             raise ValueError("api_snapshot_s cannot be negative")
-        if self.retries < 0 or self.max_redirects < 0 or self.per_host < 0:
-            raise ValueError("retries, max_redirects and per_host cannot be negative")
+        for name in ("retries", "max_redirects", "per_host", "writers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} cannot be negative")
         if self.ca_bundle is not None and not self.ca_bundle.exists():
             raise ValueError(f"ca_bundle {self.ca_bundle} does not exist")
         if not 0 <= self.png_level <= 9:
             raise ValueError("png_level must be between 0 and 9")
+        if self.ray_dashboard_url is not None and not self.ray_dashboard_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("ray_dashboard_url must be an http:// or https:// URL")
         if self.retry_failed and self.resume:
             raise ValueError("--retry-failed starts a new run: it cannot go with --resume")
         if self.reasons is not None:

@@ -31,6 +31,7 @@ class Reason(str, Enum):
     TOO_LARGE = "too_large"
     DOWNLOAD_ERROR = "download_error"
     NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
     DECOMPRESSION_BOMB = "decompression_bomb"
     PROCESSING_ERROR = "processing_error"
     WORKER_FAILED = "worker_failed"
@@ -59,8 +60,14 @@ REASONS: dict[str, str] = {
     "too_large": "a body over `--max-bytes` (decompressed size counts)",
     "download_error": "the server's answer is not valid HTTP (malformed headers, an "
     "unknown Content-Encoding, a corrupt compressed body)",
-    "not_an_image": "HTML, SVG, truncated or unknown data",
-    "decompression_bomb": "an image over `--max-pixels`",
+    "not_an_image": "HTML, SVG, truncated, corrupt or unknown data, or a variant of an "
+    "image format that Pillow does not decode; the detail gives the format guessed, the "
+    "size and the first bytes",
+    "unsupported_format": "an image format itm refuses to decode, because Pillow would hand "
+    "it to another program (EPS: Ghostscript) or has no decoder of its own; the detail "
+    "names it",
+    "decompression_bomb": "an image over `--max-pixels`, whether its header says so or its "
+    "decoder finds out",
     "processing_error": "the decoder failed in an unexpected way",
     "worker_failed": "a task of the batch failed even after Ray's retries",
     "storage_error": "MongoDB refused the line's documents (too large, invalid); the rest "

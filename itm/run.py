@@ -32,7 +32,7 @@ from itm.job.lines import count_lines, read_lines
 from itm.job.pipeline import run_batches
 from itm.job.ray_runtime import init_ray
 from itm.job.retry import Retry, plan_retry, resumed_retry
-from itm.job.writer import MongoUnavailable, WriterActor
+from itm.job.writer import MongoUnavailable, start_writers, writer_count
 from itm.outcomes import Counts, parse_reasons
 from itm.store import connect, redact
 
@@ -52,7 +52,10 @@ def mongo_client(uri: str, settings: Settings) -> MongoClient[dict[str, Any]]:
 
 
 def check_mongo(uri: str, settings: Settings) -> None:
-    client = mongo_client(uri, settings)
+    try:
+        client = mongo_client(uri, settings)
+    except (PyMongoError, ValueError) as exc:  # pymongo's messages quote no secret
+        raise JobError(f"--mongo-uri {redact(uri)} is not a valid MongoDB URI: {exc}") from None
     try:
         client.admin.command("ping")
     except PyMongoError as exc:
@@ -68,7 +71,14 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     With ``--retry-failed``, or when resuming a retry run, only the failed lines of
     the run it retries, read again from that run's input file.
     """
-    writer = WriterActor.remote(mongo_uri, settings.db, settings.mongo_retry_seconds)
+    nodes = sum(1 for node in ray.nodes() if node["Alive"])
+    writers = start_writers(
+        mongo_uri,
+        settings.db,
+        settings.mongo_retry_seconds,
+        writer_count(settings.writers, nodes),
+    )
+    writer = writers[0]  # the run's ledger: start, heartbeat, finish
     with contextlib.closing(mongo_client(mongo_uri, settings)) as client:
         db = client[settings.db]
         try:
@@ -114,7 +124,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
                 bar.update(counts.lines)
 
             lines = retry.lines(db, done) if retry else read_lines(urls, done)
-            run_batches(lines, writer, run_id, settings, progress)
+            run_batches(lines, writers, run_id, settings, progress)
     totals = ray.get(writer.finish_run.remote(run_id))
     return totals, time.perf_counter() - started
 
@@ -269,9 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             totals, seconds = run_job(settings, services.mongo_uri, run_id)
             print(summary(run_id, totals, seconds))
             if settings.serve:
+                # The page links to the Ray dashboard (a URL the user gave wins).
+                dashboard = settings.ray_dashboard_url or services.dashboard
                 serve_until_interrupted(
-                    dataclasses.replace(settings, mongo_uri=services.mongo_uri),
-                    services.dashboard,
+                    dataclasses.replace(
+                        settings, mongo_uri=services.mongo_uri, ray_dashboard_url=dashboard
+                    ),
+                    dashboard,
                 )
         return 0
     except (JobError, EmbeddedMongoError, MongoUnavailable) as exc:

@@ -25,6 +25,8 @@ def test_flag_wins_over_environment_which_wins_over_default() -> None:
         ({"ITM_SERVE": "maybe"}, "ITM_SERVE='maybe' is not a valid bool"),
         ({"ITM_BATCH_SIZE": "0"}, "batch_size must be at least 1"),
         ({"ITM_PER_HOST": "-1"}, "per_host cannot be negative"),
+        # The dashboard links to it: never a javascript: or other scheme.
+        ({"ITM_RAY_DASHBOARD_URL": "javascript:alert(1)"}, "ray_dashboard_url must be an http"),
     ],
 )
 def test_bad_environment_values_are_named(env: dict[str, str], words: str) -> None:

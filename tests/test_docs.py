@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from itm.api import create_app
 from itm.config import Settings
 from itm.outcomes import REASONS
+from tests.support.corpus import KINDS
 from tests.support.jobs import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -71,8 +72,8 @@ def test_every_route_is_in_the_routes_table() -> None:
     app = create_app(Settings(mongo_uri="mongodb://127.0.0.1:9/"))
     missing = []
     for route in app.routes:
-        if not isinstance(route, APIRoute):
-            continue  # /openapi.json and /docs: FastAPI's own, documented as /docs
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue  # /openapi.json, /docs and its OAuth2 redirect: documented as /docs
         for method in route.methods - {"HEAD"}:
             if f"{method} {route.path}" not in rows:
                 missing.append(f"{method} {route.path}")
@@ -106,3 +107,17 @@ def test_every_relative_link_leads_somewhere(doc: Path) -> None:
 def test_the_readme_points_to_every_doc() -> None:
     for doc in DOCS[1:]:
         assert f"](docs/{doc.name})" in README, doc.name
+
+
+def test_the_grayscale_table_is_the_corpus() -> None:
+    """Each kind of the corpus test is a row, and its outcome opens the "yields" cell."""
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section(architecture, "## Grayscale, exactly").splitlines()
+        if line.startswith("| `")
+    ]
+    table = {kind.strip("`"): yields for kind, _, yields in rows}
+    assert set(table) == set(KINDS)
+    for kind, outcome in KINDS.items():
+        assert table[kind].removeprefix("`").startswith(outcome), kind

@@ -18,12 +18,12 @@ pytestmark = pytest.mark.ray  # `python -m itm.run` starts its own local Ray
 
 
 def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: Path) -> None:
+    """As a user runs it, with the defaults: the Ray dashboard too, linked from the page."""
     port = free_port()
     with PicsumServer() as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, canonical_lines[:40]))
         itm = ItmProcess(
             *("--urls", str(urls), "--port", str(port), "--data-dir", str(tmp_path / "itm")),
-            "--no-dashboard",
             "--allow-private-addresses",  # the local picsum is on loopback: opt in, explicitly
         )
         try:
@@ -37,6 +37,12 @@ def test_the_job_then_the_api_then_ctrl_c(canonical_lines: list[str], tmp_path: 
                 assert reply.read().startswith(b"\x89PNG")
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
                 assert reply.status == 200
+            ray_dashboard = re.search(r"Ray dashboard (http://127\.0\.0\.1:\d+)", text).group(1)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as reply:
+                assert f'<a href="{ray_dashboard}">Ray dashboard</a>' in reply.read().decode()
+            with urllib.request.urlopen(ray_dashboard, timeout=30) as reply:  # one click away
+                assert reply.status == 200
+                assert "<title>Ray Dashboard</title>" in reply.read().decode()
         finally:
             itm.signal(signal.SIGINT, pause=0)
             code = itm.wait()

@@ -25,6 +25,7 @@ from itm.job.fingerprint import fingerprint
 from itm.job.retry import Retry, merge
 from itm.job.writer import MongoWriter
 from itm.outcomes import Failure, parse_reasons, reason_filter
+from tests.support.apiclient import api_client
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumHandler, PicsumServer
@@ -74,7 +75,7 @@ def picsum() -> Iterator[RecordingPicsum]:
 
 @pytest.fixture
 def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
-    with TestClient(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
+    with api_client(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
         yield test_client
 
 
@@ -121,7 +122,8 @@ def test_retry_failed_attempts_exactly_the_failed_lines_and_links_the_runs(
     retried = client.get(f"/runs/{second}").json()
     assert (retried["retry_of"], retried["reasons"]) == (first, ["http_4xx"])
     assert retried["progress"]["total"] == 20 and retried["totals"]["error"] == 20
-    assert retried["input"] == str(urls.resolve())
+    assert retried["input"] == urls.name  # the file's name: the server's path stays private
+    assert db.runs.find_one({"_id": second})["input"] == str(urls.resolve())  # for a retry
 
     page = client.get("/runs", params={"limit": 2}).json()
     assert [run["id"] for run in page["items"]] == [third, second]  # newest first
@@ -211,7 +213,9 @@ def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(
             oldest = run["in_flight"]
             assert [line["line"] for line in oldest] == [1, 2, 3, 4, 5]
             assert oldest[0]["url"] == f"{server.url}/8/1" and oldest[0]["seconds"] >= 0
-            assert "running" in client.get("/").text
+            page = client.get("/").text
+            assert "running" in page
+            assert '<meta http-equiv="refresh"' in page  # the dashboard follows the run
         finally:
             server.open.set()
         assert job.result() == 0

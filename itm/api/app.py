@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from gridfs.errors import NoFile
 from pydantic import BeforeValidator
 from pymongo import MongoClient
@@ -30,7 +31,8 @@ from itm.api import queries, runview
 from itm.api.chart import histogram_png
 from itm.api.coalesce import Busy, Coalescer, Gate
 from itm.api.dashboard import render_dashboard
-from itm.api.histogram import totals
+from itm.api.guard import guard
+from itm.api.histogram import chart_buckets, totals
 from itm.api.models import (
     Health,
     ImageItem,
@@ -115,18 +117,25 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         finally:
             client.close()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs loads Swagger UI from the app itself, not from a CDN, so the
+    # documentation works offline; no validator badge (it would send the schema's URL to
+    # swagger.io), no /redoc (ReDoc still fetches its logo from its CDN).
+    app = FastAPIOffline(
+        redoc_url=None,
         title="itm",
         version=__version__,
         summary="The images and the per-minute monitoring of itm's jobs, from MongoDB.",
         lifespan=lifespan,
+        swagger_ui_parameters={"validatorUrl": None},
     )
     app.state.read_timeout = settings.api_timeout
+    app.state.ray_dashboard = settings.ray_dashboard_url
     app.state.reads = Gate(settings.api_max_reads, READ_WAIT_S, "requests reading MongoDB")
     app.state.snapshots = Snapshots(app, settings.api_snapshot_s)
     app.add_exception_handler(PyMongoError, _database_unavailable)
     app.add_exception_handler(Busy, _busy)
     app.add_middleware(ServerTimingMiddleware)
+    guard(app, settings)
     app.include_router(router)
     return app
 
@@ -388,7 +397,10 @@ def monitoring(
         )
         return Response(body.model_dump_json(), media_type="application/json")
     empty = "no data yet" if since is None and until is None else "no data in this window"
-    return Response(histogram_png(buckets, empty), media_type=PNG)
+    drawn = chart_buckets(
+        window, buckets, keep_since=since is not None, keep_until=until is not None
+    )
+    return Response(histogram_png(drawn, empty), media_type=PNG)
 
 
 def _runs(request: Request, runs: Sequence[tuple[dict[str, Any], RunTotals]]) -> list[Run]:
@@ -445,6 +457,8 @@ def dashboard(request: Request, shared: Shared) -> HTMLResponse:
         reasons=data.reasons,
         recent=_items(request, docs),
         runs=_runs(request, data.runs),
+        read_at=data.read_at,
+        ray_dashboard=request.app.state.ray_dashboard,
     )
     return HTMLResponse(page)
 

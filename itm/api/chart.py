@@ -14,11 +14,9 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from datetime import timezone
 from typing import Any
 
 import numpy as np
-from matplotlib import dates as mdates
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
@@ -26,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from itm.api.coalesce import Busy, Coalescer
-from itm.api.histogram import Bucket, totals
+from itm.api.histogram import Bucket, Window, minute_ticks, tick_labels, totals
 from itm.store import MINUTE
 
 SUCCESS_COLOR = "#2e7d32"
@@ -34,11 +32,18 @@ ERROR_COLOR = "#c62828"
 TITLE = "Input lines processed per minute (UTC)"
 SIZE_INCHES = (10.0, 4.0)
 DPI = 100
-MINUTE_IN_DAYS = MINUTE.total_seconds() / 86400  # matplotlib's date unit is the day
-BAR_FRACTION = 0.8  # of a minute: the rest is the gap between bars
 # Fixed margins (fractions of the figure), the legend right of the bars: a layout
 # engine ("constrained") would lay the figure out by drawing it once more, +60 % CPU.
-MARGINS = {"left": 0.06, "right": 0.86, "bottom": 0.12, "top": 0.86}
+MARGINS = {"left": 0.06, "right": 0.86, "bottom": 0.14, "top": 0.86}
+AXES_PIXELS = SIZE_INCHES[0] * DPI * (MARGINS["right"] - MARGINS["left"])  # the x axis, wide
+BAR_FRACTION = 0.8  # of its minute's slot: the rest is the gap between bars
+GAP_FROM_PIXELS = 4.0  # narrower slots get no gap: a day of minutes reads as one area
+
+
+def bar_fraction(minutes: int) -> float:
+    """How much of its minute's slot a bar fills on a chart of ``minutes`` minutes: a
+    gap shows between wide bars; sub-pixel gaps would only stripe a long chart."""
+    return BAR_FRACTION if AXES_PIXELS / minutes >= GAP_FROM_PIXELS else 1.0
 
 
 def render_histogram(buckets: Sequence[Bucket], empty_message: str = "no data yet") -> bytes:
@@ -103,9 +108,13 @@ def histogram_png(buckets: Sequence[Bucket], empty_message: str = "no data yet")
     return charts((tuple(buckets), empty_message))
 
 
-def _bars(left: np.ndarray, bottom: np.ndarray, height: np.ndarray, **style: Any) -> PolyCollection:
-    """All the bars of one series as a single artist: one patch per bar draws ~10x slower."""
-    right = left + BAR_FRACTION * MINUTE_IN_DAYS
+def _bars(
+    left: np.ndarray, width: float, bottom: np.ndarray, height: np.ndarray, **style: Any
+) -> PolyCollection:
+    """All the bars of one series as a single artist: one patch per bar draws ~10x slower.
+
+    Not antialiased: bars are axis-aligned, and neighbours that touch leave no seam."""
+    right = left + width
     top = bottom + height
     corners = np.stack(
         [
@@ -114,30 +123,36 @@ def _bars(left: np.ndarray, bottom: np.ndarray, height: np.ndarray, **style: Any
         ],
         axis=1,
     )
-    return PolyCollection(list(corners), linewidths=0, **style)
+    return PolyCollection(list(corners), linewidths=0, antialiaseds=False, **style)
 
 
 def _draw_bars(axes: Axes, buckets: Sequence[Bucket]) -> None:
-    left = mdates.date2num([bucket.minute for bucket in buckets])
+    """Minutes on the x axis: the bar of a minute fills its slot, from the minute's start
+    to its end (less a gap), and the ticks name the minutes where they begin."""
+    window = Window(buckets[0].minute, buckets[-1].minute)
+    slot = np.array([(bucket.minute - window.since) / MINUTE for bucket in buckets])
     success = np.array([bucket.success for bucket in buckets], dtype=float)
     error = np.array([bucket.error for bucket in buckets], dtype=float)
+    fraction = bar_fraction(window.minutes)
+    left = slot + (1 - fraction) / 2
     zero = np.zeros_like(success)
-    axes.add_collection(_bars(left, zero, success, facecolors=SUCCESS_COLOR, label="success"))
-    axes.add_collection(_bars(left, success, error, facecolors=ERROR_COLOR, label="error"))
-    axes.set_xlim(left[0], left[-1] + MINUTE_IN_DAYS)
+    for bottom, height, color, label in (
+        (zero, success, SUCCESS_COLOR, "success"),
+        (success, error, ERROR_COLOR, "error"),
+    ):
+        axes.add_collection(_bars(left, fraction, bottom, height, facecolors=color, label=label))
+    axes.set_xlim(0, window.minutes)
     axes.set_ylim(0, max(1.0, float((success + error).max())) * 1.1)
-    axes.xaxis_date(tz=timezone.utc)
-    # At least two ticks per unit: minutes are chosen over seconds for a few minutes.
-    locator = mdates.AutoDateLocator(tz=timezone.utc, minticks=2, maxticks=12)
-    axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    ticks = minute_ticks(window)
+    axes.set_xticks([(tick - window.since) / MINUTE for tick in ticks], tick_labels(ticks))
+    if fraction < 1:  # wide slots: a small tick where each minute begins
+        axes.set_xticks(np.arange(window.minutes + 1), minor=True)
     axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("lines")
     axes.grid(axis="y", alpha=0.3)
     total = totals(buckets)
-    first, last = buckets[0].minute, buckets[-1].minute
     axes.set_title(
-        f"{TITLE}\n{first:%Y-%m-%d %H:%M} to {last:%Y-%m-%d %H:%M}: "
+        f"{TITLE}\n{window.since:%Y-%m-%d %H:%M} to {window.until:%Y-%m-%d %H:%M}: "
         f"{total.success} success, {total.error} error",
         fontsize=11,
     )

@@ -62,7 +62,7 @@ class RunProgress(BaseModel):
 
 class InFlight(BaseModel):
     line: int
-    url: str
+    url: str = Field(description="the line, its secrets (user:password@, tokens) as ***")
     since: datetime = Field(description="when its download task received it, UTC")
     seconds: float = Field(description="seconds in flight")
 
@@ -73,7 +73,9 @@ class Run(BaseModel):
         description="`running`; `finished`; or `interrupted`: not finished and no heartbeat "
         "from its driver for a minute (killed, Ctrl-C, crashed): resume it with --resume"
     )
-    input: str | None
+    input: str | None = Field(
+        description="the file name of its input (the server's full path stays private)"
+    )
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat: datetime | None = Field(description="last sign of life of its driver")

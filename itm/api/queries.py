@@ -285,14 +285,16 @@ class Dashboard(NamedTuple):
     reasons: list[tuple[str, int]]
     images: int
     runs: list[tuple[dict[str, Any], RunTotals]]  # the newest runs, each with its totals
+    read_at: datetime  # when the reads began: the page says how old its data is
 
 
 def dashboard(db: Database[Any], runs: int) -> Dashboard:
     """The all-time totals, errors by reason, images stored, and the newest ``runs`` runs."""
+    read_at = datetime.now(timezone.utc)
     totals, reasons, images = summary(db)
     if images is None:  # minutes counted before the writer counted images
         images = image_count(db)
-    return Dashboard(totals, reasons, images, with_totals(db, run_page(db, runs)[0]))
+    return Dashboard(totals, reasons, images, with_totals(db, run_page(db, runs)[0]), read_at)
 
 
 def with_totals(

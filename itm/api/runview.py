@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from pathlib import PurePath
 from typing import Any
 
 from itm.api.models import InFlight, Run, RunProgress, RunTotals
@@ -76,7 +77,7 @@ def view(run: dict[str, Any], totals: RunTotals, now: datetime, url: str) -> Run
     return Run(
         id=run["_id"],
         status=state,
-        input=run.get("input"),
+        input=PurePath(run["input"]).name if run.get("input") else None,
         started_at=run.get("started_at"),
         finished_at=run.get("finished_at"),
         heartbeat=run.get("heartbeat"),

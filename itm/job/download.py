@@ -15,8 +15,8 @@ Nothing is left to the server:
   the user's trust (``_trust``);
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
   from another URL goes into a request;
-- with a ``HostHand`` (``--per-host``), each hop first holds a token of its host,
-  waiting for it within the deadline (``itm.job.politeness``).
+- with a ``HostHand`` (``--per-host``), each hop first holds a slot of its host,
+  waiting for it within the deadline (``itm.job.host_gate``).
 
 Every way a download can fail ends as one ``Failure`` with a stable ``reason``.
 Connections are pooled per process, keep-alive, and reused across URLs of the
@@ -35,7 +35,6 @@ import ipaddress
 import itertools
 import math
 import os
-import secrets
 import select
 import socket
 import ssl
@@ -50,13 +49,11 @@ from typing import Any, Protocol
 import certifi
 
 from itm.config import Settings
-from itm.job.politeness import REFUSALS
 from itm.job.urls import Target, address_refusal, check_url, redirect_url, target_of
 from itm.outcomes import Failure, Reason
 
 # Worth another try: the server or the path to it may be fine a moment later.
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
-KEEP_TOKEN = 1.0  # seconds a thread keeps a host's token for its next lines there
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 CHUNK = 64 * 1024
 BACKOFF = 0.25  # seconds before the first retry; doubles each time
@@ -93,18 +90,15 @@ class _Transient(Exception):
 
 
 class HostGate(Protocol):
-    """Per-host tokens shared by every download of the run (``itm.job.host_gate``)."""
+    """Per-host slots shared by every download of the run (``itm.job.host_gate``)."""
 
     per_host: int
 
-    def take(
-        self, ticket: int, host: str, seconds: float, statuses: list[int], retry_after: float | None
-    ) -> bool:
-        """Wait up to ``seconds`` for a token of ``host``; False if none came. Gives back
-        the token ``ticket`` held until now, reporting that host's answers since."""
+    def take(self, host: str, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a slot of ``host``; False if none came."""
 
-    def give_back(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
-        """Release the token ``ticket`` holds, reporting its host's answers since."""
+    def give_back(self, host: str, statuses: list[int], retry_after: float | None) -> None:
+        """Free a slot of ``host``, reporting the host's answers while it was held."""
 
 
 def fetch(line: str, settings: Settings, hand: HostHand | None = None) -> bytes:
@@ -113,12 +107,13 @@ def fetch(line: str, settings: Settings, hand: HostHand | None = None) -> bytes:
     Retries only transient faults (connection errors, 429, 502, 503, 504), with
     exponential backoff or the server's ``Retry-After``, and never past the URL's
     deadline: a wait that would end past it fails at once. With a ``hand`` (the
-    calling thread's, under ``--per-host``), every hop holds its host's token
+    calling thread's, under ``--per-host``), every hop holds a slot of its host
     (waiting for it counts against the deadline); none is held during a pause
-    between two tries; the last one stays in the hand for the thread's next line.
+    between two tries, nor after the URL.
     """
     url = check_url(line)
-    with _Exchange(time.monotonic() + settings.deadline, hand or HostHand(None)) as exchange:
+    hand = hand or HostHand(None)
+    with hand, _Exchange(time.monotonic() + settings.deadline, hand) as exchange:
         attempt = 0
         while True:
             try:
@@ -176,23 +171,17 @@ class _Exchange:
 
 
 class HostHand:
-    """The per-host token one download thread holds (``--per-host``), if any.
+    """The per-host slot one download thread holds (``--per-host``), if any.
 
-    A hop to another host takes that host's token through the gate (giving this one
-    back: one call). A line on the same host as the thread's last one keeps the
-    token without a call while it is younger than ``KEEP_TOKEN`` seconds, and the
-    host's last answer was no refusal; past that it takes it again, behind whoever
-    waits for that host. The thread gives it back when it has nothing to do
-    (``leave``). Every answer of the host goes back to the gate with the next call,
-    so that a refusing host is backed off.
+    A hop to another host gives this host's slot back and takes that host's; the slot
+    goes back when the URL is done, or before a pause between two tries. Every answer
+    of the host goes back with it, so that a refusing host is backed off.
     """
 
     def __init__(self, gate: HostGate | None) -> None:
         self.gate = gate
-        self.ticket = secrets.randbits(62)
         self.host: str | None = None
-        self.taken_at = 0.0
-        self.statuses: list[int] = []  # the host's answers not reported yet
+        self.statuses: list[int] = []  # the host's answers while the slot was held
         self.retry_after: float | None = None
 
     def __enter__(self) -> HostHand:
@@ -202,30 +191,22 @@ class HostHand:
         self.leave()
 
     def enter(self, host: str, exchange: _Exchange) -> None:
-        """Hold ``host``'s token, or raise a timeout once the deadline comes first."""
-        if self.gate is None:
+        """Hold a slot of ``host``, or raise a timeout once the deadline comes first."""
+        if self.gate is None or host == self.host:
             return
+        self.leave()
         asked = time.monotonic()
-        if (
-            host == self.host
-            and asked - self.taken_at < KEEP_TOKEN
-            and not REFUSALS.intersection(self.statuses)
-        ):
-            return
         seconds = exchange.deadline - asked
-        granted = seconds > 0 and self.gate.take(
-            self.ticket, host, seconds, self.statuses, self.retry_after
+        if seconds > 0 and self.gate.take(host, seconds):
+            self.host = host
+            return
+        exchange.waited_out = True
+        raise Failure(
+            Reason.TIMEOUT,
+            f"waited {time.monotonic() - asked:.1f} s for one of the "
+            f"{self.gate.per_host} download slots of {host} (--per-host), in vain "
+            "within the deadline",
         )
-        self.host, self.taken_at = (host if granted else None), time.monotonic()
-        self.statuses, self.retry_after = [], None
-        if not granted:
-            exchange.waited_out = True
-            raise Failure(
-                Reason.TIMEOUT,
-                f"waited {time.monotonic() - asked:.1f} s for one of the "
-                f"{self.gate.per_host} download slots of {host} (--per-host), in vain "
-                "within the deadline",
-            )
 
     def answer(self, response: http.client.HTTPResponse) -> None:
         if self.host is None:
@@ -235,12 +216,9 @@ class HostHand:
             self.retry_after = retry_after(response.getheader("Retry-After"))
 
     def leave(self) -> None:
-        """Give the token back, if any (the thread is idle, or pauses before a retry)."""
+        """Give the slot back, if any."""
         if self.gate is not None and self.host is not None:
-            self.gate.give_back(self.ticket, self.statuses, self.retry_after)
-            # Nobody waits for the give-back: the next take must not be mistaken for
-            # this ticket if it reaches the gate first.
-            self.ticket = secrets.randbits(62)
+            self.gate.give_back(self.host, self.statuses, self.retry_after)
         self.host, self.statuses, self.retry_after = None, [], None
 
 

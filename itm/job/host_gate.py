@@ -1,149 +1,328 @@
-"""The per-host limit across a Ray cluster: one small async actor keeps the tokens
-(``itm.job.politeness.HostTokens``), the download threads of every node ask it.
+"""The per-host limit across a Ray cluster, without a remote call per line.
 
-Cost: a hop to another host than the thread's last one is one blocking actor call
-(taking the new host's token gives the old one back); a line on the same host
-keeps the thread's token, without a call, for ``itm.job.download.KEEP_TOKEN``; a
-thread with nothing to do gives its token back with a call nobody waits for. No
-actor at all with ``--per-host 0``.
+One small async actor (``HostSlotActor``) keeps ``itm.job.politeness.HostSlots`` for
+the whole cluster and leases slots to download processes. In each download process
+a ``LocalGate`` hands the slots it holds to its threads: a thread takes a slot of
+its host locally, and gives it back locally, line after line. The actor hears from
+a process only when what it needs changes: more slots of a host than it holds,
+slots it no longer needs (kept ``KEEP`` seconds in case the next lines want them),
+the hosts' answers (for the backoff). One thread of the process sends those changes
+in one call at a time, so everything that accumulates while a call is on its way
+goes in the next one: the busier the cluster, the more changes per call. Another
+thread keeps one long poll open, on which grants and recalls come back; it is also
+the process's heartbeat, which renews its lease. No actor at all with
+``--per-host 0``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import secrets
+import threading
 import time
-from dataclasses import asdict
+from collections import deque
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
 from ray.actor import ActorHandle
 
-from itm.job.politeness import HostTokens
+from itm.job.politeness import REFUSALS, Change, Grant, HostSlots, Mail, with_answers
 
-ACTOR_NAME = "itm-host-tokens"  # in the driver's own namespace: one per driver
-GRACE = 5.0  # seconds a take may exceed its wait on the caller's side (the actor's own pace)
+ACTOR_NAME = "itm-host-slots"  # in the driver's own namespace: one per driver
+POLL = 1.0  # seconds a poll waits for mail: the process's heartbeat
+KEEP = 1.0  # seconds a process keeps a slot nobody uses, for its next lines of the host
 
 
-# max_concurrency: every download thread of the cluster may be waiting in a take at
-# once, and give-backs must still get in (Ray's default for async actors is 1,000).
+# max_concurrency: every download process keeps one poll waiting, and its calls must
+# still get in (Ray's default for async actors is 1,000).
 @ray.remote(num_cpus=0, max_restarts=3, max_concurrency=100_000)  # type: ignore[call-overload]  # Ray's stubs lack it
-class HostTokenActor:
-    """``HostTokens`` behind an asyncio loop: a waiting take is a future, woken when its
-    host grants it a token or its time is up."""
+class HostSlotActor:
+    """``HostSlots`` behind an asyncio loop: a poll is a future, answered when its
+    process has mail or after ``POLL`` seconds."""
 
     def __init__(self, per_host: int, lease: float) -> None:
-        self.futures: dict[int, asyncio.Future[bool]] = {}
+        self.polls: dict[str, asyncio.Future[None]] = {}
         self.timer: asyncio.TimerHandle | None = None
         self._start(per_host, lease)
 
     async def reset(self, per_host: int, lease: float) -> None:
-        """A new run: fresh tokens, scores and counts (nobody holds or waits for any)."""
-        for future in self.futures.values():  # left by a run that died: they give up
+        """A new run: fresh slots, scores and counts (nobody holds or waits for any)."""
+        for future in self.polls.values():  # left by a run that died: they give up
             if not future.done():
-                future.set_result(False)
+                future.set_result(None)
         self._start(per_host, lease)
 
     def _start(self, per_host: int, lease: float) -> None:
-        self.tokens = HostTokens(per_host, lease)
+        self.slots = HostSlots(per_host, lease)
         self.calls = 0
         self.cpu_started = time.process_time()
 
-    async def take(
-        self,
-        ticket: int,
-        host: str,
-        seconds: float,
-        statuses: list[int],
-        retry_after: float | None = None,
-    ) -> bool:
-        """Wait up to ``seconds`` for a token of ``host``; give back the one ``ticket``
-        held until now (if any), with the answers its host gave since."""
+    async def tell(
+        self, holder: str, changes: dict[str, Change], timed_out: int = 0, leave: bool = False
+    ) -> Mail:
+        """A process's changes; returns its mail (what the changes granted at once)."""
         self.calls += 1
-        self._answered(ticket, statuses, retry_after)
-        future = asyncio.get_running_loop().create_future()
-        self.futures[ticket] = future
-        self.tokens.ask(ticket, host, time.monotonic())
-        self._dispatch()
-        try:
-            return await asyncio.wait_for(future, seconds)
-        except asyncio.TimeoutError:
-            self.tokens.timed_out(ticket, time.monotonic())
-            self._dispatch()
-            return False
-        finally:
-            self.futures.pop(ticket, None)
+        now = time.monotonic()
+        self.slots.tell(holder, changes, now)
+        self.slots.timed_out(timed_out)
+        if leave:
+            self.slots.leave(holder)
+            if (poll := self.polls.get(holder)) is not None and not poll.done():
+                poll.set_result(None)
+        self._dispatch(now)
+        return self.slots.mail(holder)
 
-    async def give_back(
-        self, ticket: int, statuses: list[int], retry_after: float | None = None
-    ) -> None:
-        """Release the token ``ticket`` holds (or its place in a queue), with the answers
-        its host gave since it was taken."""
+    async def poll(self, holder: str) -> Mail:
+        """The process's mail, waiting up to ``POLL`` seconds for some."""
         self.calls += 1
-        self._answered(ticket, statuses, retry_after)
-        self.tokens.give_back(ticket, time.monotonic())
-        self._dispatch()
+        self.slots.seen(holder, time.monotonic())
+        if not self.slots.has_mail(holder):
+            future = self.polls[holder] = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(future, POLL)
+            self.polls.pop(holder, None)
+        return self.slots.mail(holder)
 
     async def stats(self) -> dict[str, Any]:
-        return asdict(self.tokens.stats) | {
+        return asdict(self.slots.stats) | {
             "calls": self.calls,
             "cpu_seconds": time.process_time() - self.cpu_started,
         }
 
-    def _answered(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
-        host = self.tokens.holds(ticket)
-        if host is not None:
-            for status in statuses:
-                self.tokens.answered(host, status, time.monotonic(), retry_after)
-
-    def _dispatch(self) -> None:
-        granted, wake = self.tokens.grant(time.monotonic())
-        for ticket in granted:
-            future = self.futures.get(ticket)
-            if future is not None and not future.done():
-                future.set_result(True)
+    def _dispatch(self, now: float) -> None:
+        wake = self.slots.grant(now)
+        for holder, future in self.polls.items():
+            if not future.done() and self.slots.has_mail(holder):
+                future.set_result(None)
         if wake is not None and (self.timer is None or wake < self.timer.when()):
             if self.timer is not None:
                 self.timer.cancel()
-            # The loop's clock is time.monotonic, the tokens' too.
+            # The loop's clock is time.monotonic, the slots' too.
             self.timer = asyncio.get_running_loop().call_at(wake, self._wake)
 
     def _wake(self) -> None:
         self.timer = None
-        self._dispatch()
+        self._dispatch(time.monotonic())
 
 
-class HostGate:
-    """What a download thread holds: ``itm.job.download.HostGate`` over the actor."""
+@dataclass
+class _Waiter:
+    granted: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Host:
+    """One host's slots in this process."""
+
+    owned: int = 0  # leased to this process
+    busy: int = 0  # in use by a thread
+    asked: int = 0  # asked of the actor, not granted yet
+    recalled: int = 0  # to give back as soon as they are free
+    single: bool = False  # each slot for one start only (the host is backed off)
+    idle_since: float = 0.0
+    waiters: deque[_Waiter] = field(default_factory=deque)
+    change: dict[str, Any] = field(default_factory=dict)  # for the next call
+
+    def free(self) -> int:
+        return self.owned - self.busy
+
+
+class LocalGate:
+    """The per-host slots of one download process: ``itm.job.download.HostGate``.
+
+    ``take`` and ``give_back`` run in the download threads and never call Ray; the
+    sender and poller threads talk to the actor. ``close`` gives everything back (once
+    the threads are done with their lines).
+    """
 
     def __init__(self, actor: ActorHandle[Any], per_host: int) -> None:
         self.actor = actor
         self.per_host = per_host
+        self.holder = secrets.token_hex(8)
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._hosts: dict[str, _Host] = {}
+        self._dirty: set[str] = set()
+        self._urgent = False  # a change the actor must hear of now
+        self._timed_out = 0
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._send, name="itm-slots-send", daemon=True),
+            threading.Thread(target=self._poll, name="itm-slots-poll", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    def take(
-        self, ticket: int, host: str, seconds: float, statuses: list[int], retry_after: float | None
-    ) -> bool:
-        ref = self.actor.take.remote(ticket, host, seconds, statuses, retry_after)
-        try:
-            return bool(ray.get(ref, timeout=seconds + GRACE))
-        except ray.exceptions.GetTimeoutError:
-            self.give_back(ticket, [], None)
+    def take(self, host: str, seconds: float) -> bool:
+        """Wait up to ``seconds`` for a slot of ``host``; False if none came."""
+        with self._lock:
+            state = self._hosts.setdefault(host, _Host())
+            if state.free() > 0 and not state.waiters:
+                state.busy += 1
+                return True
+            waiter = _Waiter()
+            state.waiters.append(waiter)
+            self._want_more(host, state)
+        if waiter.granted.wait(max(0.0, seconds)):
+            return True
+        with self._lock:
+            if waiter.granted.is_set():  # granted as the wait ended
+                return True
+            state.waiters.remove(waiter)
+            self._timed_out += 1
+            surplus = min(state.asked, state.owned + state.asked - self._needed(state))
+            if surplus > 0:
+                state.asked -= surplus
+                self._note(host, state, cancel=surplus)
             return False
-        except ray.exceptions.RayError:
-            return True  # the bookkeeping is gone (it restarts empty); the line must go on
 
-    def give_back(self, ticket: int, statuses: list[int], retry_after: float | None) -> None:
-        self.actor.give_back.remote(ticket, statuses, retry_after)  # nobody waits for it
+    def give_back(self, host: str, statuses: list[int], retry_after: float | None) -> None:
+        """Free the slot of ``host`` a thread held, with the answers the host gave it."""
+        with self._lock:
+            state = self._hosts[host]
+            state.busy -= 1
+            refused = bool(REFUSALS.intersection(statuses))
+            if statuses:  # refusals at once; other answers with the next call
+                self._note(host, state, urgent=refused, statuses=statuses, retry_after=retry_after)
+            if refused:
+                state.single = True  # until the actor says otherwise: let it space the starts
+            if state.single or state.recalled:
+                state.recalled = max(0, state.recalled - 1)
+                state.owned -= 1
+                self._note(host, state, give_back=1)
+                if state.waiters:
+                    self._want_more(host, state)
+            else:
+                self._hand_over(state, time.monotonic())
+
+    def close(self) -> None:
+        """Give every slot back and stop talking to the actor."""
+        with self._lock:
+            self._closed = True
+            self._changed.notify_all()
+        self._threads[0].join(timeout=5.0)
+
+    # -- in the lock -------------------------------------------------------------------
+
+    def _needed(self, state: _Host) -> int:
+        return min(self.per_host, state.busy + len(state.waiters))
+
+    def _want_more(self, host: str, state: _Host) -> None:
+        more = self._needed(state) - state.owned - state.asked
+        if more > 0:
+            state.asked += more
+            self._note(host, state, ask=more)
+
+    def _hand_over(self, state: _Host, now: float) -> None:
+        """Free slots to waiting threads, in turn."""
+        while state.waiters and state.free() > 0:
+            state.busy += 1
+            state.waiters.popleft().granted.set()
+        if state.free() > 0:
+            state.idle_since = now
+
+    def _note(self, host: str, state: _Host, urgent: bool = True, **change: Any) -> None:
+        """Add to what the next call tells the actor about ``host``; an ``urgent`` change
+        makes that call now, the others wait for one (at most ``KEEP`` / 2 seconds)."""
+        pending = state.change
+        for key, value in change.items():
+            if key == "statuses":
+                pending["answers"] = with_answers(pending.get("answers", ()), value)
+            elif key == "retry_after":
+                pending[key] = value if value is not None else pending.get(key)
+            else:
+                pending[key] = pending.get(key, 0) + value
+        self._dirty.add(host)
+        if urgent:
+            self._urgent = True
+            self._changed.notify()
+
+    def _apply(self, mail: Mail, now: float) -> None:
+        for host, grant in mail.grants.items():
+            state = self._hosts.setdefault(host, _Host())
+            state.owned += grant.slots
+            state.asked = max(0, state.asked - grant.slots)
+            state.single = grant.single
+            self._hand_over(state, now)
+        for host, slots in mail.recall.items():
+            if (recalled := self._hosts.get(host)) is not None:
+                recalled.recalled = min(recalled.owned, recalled.recalled + slots)
+                self._give_back_free(host, recalled, recalled.recalled)
+
+    def _give_back_free(self, host: str, state: _Host, slots: int) -> None:
+        slots = min(slots, state.free())
+        if slots > 0:
+            state.owned -= slots
+            state.recalled = max(0, state.recalled - slots)
+            self._note(host, state, give_back=slots)
+
+    def _expire(self, now: float) -> None:
+        """Give back the slots nobody used for ``KEEP`` seconds; forget idle hosts."""
+        for host, state in self._hosts.items():
+            if not state.waiters and now - state.idle_since >= KEEP:
+                self._give_back_free(host, state, state.free())
+        idle = [h for h, s in self._hosts.items() if not (s.owned or s.asked or s.change)]
+        for host in idle:
+            del self._hosts[host]
+
+    def _take_changes(self) -> dict[str, Change]:
+        changes = {}
+        for host in self._dirty:
+            state = self._hosts.get(host)
+            if state is not None and state.change:
+                changes[host] = Change(**state.change)
+                state.change = {}
+        self._dirty.clear()
+        return changes
+
+    # -- the two threads that talk to the actor ----------------------------------------
+
+    def _send(self) -> None:
+        """One call at a time: what changed while a call was on its way goes in the next."""
+        while True:
+            with self._lock:
+                self._changed.wait_for(lambda: self._urgent or self._closed, timeout=KEEP / 2)
+                self._expire(time.monotonic())
+                changes, timed_out = self._take_changes(), self._timed_out
+                self._urgent, self._timed_out = False, 0
+                closed = self._closed
+            if changes or timed_out or closed:
+                try:
+                    mail = ray.get(self.actor.tell.remote(self.holder, changes, timed_out, closed))
+                except ray.exceptions.RayError:
+                    mail = self._without_actor(changes)
+                with self._lock:
+                    self._apply(mail, time.monotonic())
+            if closed:
+                return
+
+    def _poll(self) -> None:
+        while not self._closed:
+            try:
+                mail = ray.get(self.actor.poll.remote(self.holder))
+            except ray.exceptions.RayError:
+                time.sleep(POLL)
+                continue
+            with self._lock:
+                self._apply(mail, time.monotonic())
+
+    def _without_actor(self, changes: dict[str, Change]) -> Mail:
+        """The actor is gone (it restarts empty): grant what was asked, so lines go on."""
+        grants = {host: Grant(change.ask, False) for host, change in changes.items() if change.ask}
+        return Mail(grants=grants)
 
 
-def start_host_tokens(per_host: int, lease: float) -> ActorHandle[Any] | None:
-    """The run's token actor, or ``None`` for ``--per-host 0`` (unlimited: no actor).
+def start_host_slots(per_host: int, lease: float) -> ActorHandle[Any] | None:
+    """The run's slot actor, or ``None`` for ``--per-host 0`` (unlimited: no actor).
 
     The next run of the same driver process (tests, a notebook) reuses the actor,
     reset, rather than paying a new worker process; it ends with the driver.
     """
     if not per_host:
         return None
-    actor: ActorHandle[Any] = HostTokenActor.options(  # type: ignore[attr-defined]
+    actor: ActorHandle[Any] = HostSlotActor.options(  # type: ignore[attr-defined]
         name=ACTOR_NAME, get_if_exists=True
     ).remote(per_host, lease)
     ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it

@@ -7,7 +7,6 @@ characters the rest of it is skipped, and the URL check refuses what is left.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Container, Iterator
 from pathlib import Path
 
@@ -15,7 +14,6 @@ from itm.outcomes import Line
 
 MAX_LINE = 8192  # characters; a longer line is cut to MAX_LINE + 1 and refused
 _SKIP = 1 << 16  # characters read at a time while skipping the rest of a long line
-_CREDENTIALS = re.compile(r"^(\s*[A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 
 
 def read_lines(path: Path, done: Container[int]) -> Iterator[Line]:
@@ -25,8 +23,8 @@ def read_lines(path: Path, done: Container[int]) -> Iterator[Line]:
     stays there, and the URL check refuses it). Bytes that are not UTF-8 become
     U+FFFD, which the URL check refuses too. A line longer than ``MAX_LINE``
     characters comes out cut to ``MAX_LINE + 1`` of them, so that it is refused as
-    too long. A ``user:password@`` is replaced by ``***@`` before the text goes
-    anywhere, so no credential is ever stored or printed.
+    too long. The text is the line as written, secrets included: it is what is
+    fetched; what is stored and shown of it is ``urls.shown_url``.
     """
     with path.open(encoding="utf-8", errors="replace", newline="\n") as stream:
         number = 0
@@ -38,12 +36,7 @@ def read_lines(path: Path, done: Container[int]) -> Iterator[Line]:
             else:
                 text = text.rstrip("\r\n")
             if number not in done:
-                yield number, hide_credentials(text)
-
-
-def hide_credentials(text: str) -> str:
-    """``http://user:secret@host/`` → ``http://***@host/``: still refused, never leaked."""
-    return _CREDENTIALS.sub(r"\1***@", text, count=1)
+                yield number, text
 
 
 def count_lines(path: Path) -> int:

@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -37,10 +37,11 @@ from ray import ObjectRefGenerator
 from ray.actor import ActorHandle
 
 from itm.config import Settings
+from itm.job.decode_turns import decode_turn
 from itm.job.download import HostHand, fetch
-from itm.job.host_gate import HostGate, start_host_tokens
+from itm.job.host_gate import LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png, md5_hex
-from itm.job.urls import MAX_URL_LENGTH
+from itm.job.urls import shown_url
 from itm.job.writer import MongoUnavailable
 from itm.outcomes import Counts, Failure, Line, Reason
 
@@ -111,27 +112,19 @@ def groups(
     num_cpus=0, scheduling_strategy="SPREAD", max_retries=0, _generator_backpressure_num_objects=4
 )
 def download_batch(
-    lines: list[Line], settings: Settings, threads: int, host_tokens: ActorHandle[Any] | None
+    lines: list[Line], settings: Settings, threads: int, host_slots: ActorHandle[Any] | None
 ) -> Iterator[object]:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
     todo: queue.SimpleQueue[Line | None] = queue.SimpleQueue()
-    gate = None if host_tokens is None else HostGate(host_tokens, settings.per_host)
+    gate = None if host_slots is None else LocalGate(host_slots, settings.per_host)
     # A line is taken only when an earlier one has been handed over: memory stays flat.
     slots = threading.Semaphore(threads)
     workers = min(threads, len(lines))
 
     def work() -> None:
-        """Lines one after another; a thread with none waiting gives its host token back."""
-        with HostHand(gate) as hand:
-            while True:
-                try:
-                    line = todo.get_nowait()
-                except queue.Empty:
-                    hand.leave()
-                    line = todo.get()
-                if line is None:
-                    return
-                done.put((line, _download(line[1], settings, hand)))
+        hand = HostHand(gate)
+        while (line := todo.get()) is not None:
+            done.put((line, _download(line[1], settings, hand)))
 
     def feed() -> None:
         for line in lines:
@@ -150,6 +143,8 @@ def download_batch(
     finally:
         for _ in range(workers):  # each ends after its current line
             todo.put(None)
+        if gate is not None:
+            gate.close()
 
 
 # md5 shares the CPU slots with gray although it takes microseconds per image: a
@@ -170,7 +165,7 @@ def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
         return item.failure
     assert item.data is not None  # a download has its bytes or its failure
     try:
-        return grayscale_png(item.data, settings.max_pixels, settings.png_level)
+        return grayscale_png(item.data, settings.max_pixels, settings.png_level, decode_turn)
     except Failure as failure:
         return failure
     except Exception as exc:  # a decoder bug must not cost the other lines of the batch
@@ -187,9 +182,15 @@ class _Chunk:
     since: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
+def shard_of(md5: str | None, line: int, shards: int) -> int:
+    """The writer of a line: the one that owns its image's share of the md5 space, so an
+    image is always written by the same writer; a line without an image by its number."""
+    return line % shards if md5 is None else int(md5[:8], 16) % shards
+
+
 def run_batches(
     lines: Iterable[Line],
-    writer: ActorHandle[Any],
+    writers: Sequence[ActorHandle[Any]],
     run_id: str,
     settings: Settings,
     on_batch: Callable[[Counts], None] = lambda counts: None,
@@ -198,22 +199,35 @@ def run_batches(
 
     Sizing adapts to the cluster: one download task per node (``concurrency``
     threads in all), plus one while a task finishes its slowest lines; at most two
-    groups per CPU between download and writer, so the grayscale tasks fill every
+    groups per CPU between download and writers, so the grayscale tasks fill every
     CPU while memory stays flat however long the input is. That also bounds Ray's
-    worker processes: one per download task, one per CPU, one for the writer.
+    worker processes: one per download task, one per CPU, one per writer. The first
+    writer also keeps the run's heartbeat.
     """
-    return _Driver(writer, run_id, settings, on_batch).run(lines)
+    return _Driver(writers, run_id, settings, on_batch).run(lines)
+
+
+@dataclass
+class _Group:
+    """Lines between their download and their writers: the ``lines`` of ``attempt``,
+    whose grayscale ``grays`` the writers read; ``writes`` still to be done."""
+
+    lines: list[Line]
+    attempt: int
+    grays: ray.ObjectRef[list[GrayImage | Failure]] | None = None
+    writes: int = 0
 
 
 class _Driver:
     def __init__(
         self,
-        writer: ActorHandle[Any],
+        writers: Sequence[ActorHandle[Any]],
         run_id: str,
         settings: Settings,
         on_batch: Callable[[Counts], None],
     ) -> None:
-        self.writer, self.run_id, self.settings, self.on_batch = writer, run_id, settings, on_batch
+        self.writers, self.run_id, self.settings = list(writers), run_id, settings
+        self.on_batch = on_batch
         resource = settings.download_resource
         # Download tasks run on the nodes that offer the download resource, if one is set.
         self.download_batch = (
@@ -233,32 +247,35 @@ class _Driver:
         self.threads = max(1, settings.concurrency // nodes)
         self.groups_cap = 2 * max(1, int(ray.cluster_resources().get("CPU", 1))) + nodes
         self.settings_ref = ray.put(settings)
-        # One actor for the whole cluster holds the per-host tokens (none for --per-host 0);
-        # a token is a lease of a line's deadline and then some.
-        self.host_tokens = start_host_tokens(settings.per_host, settings.deadline + BACKSTOP_GRACE)
+        # One actor for the whole cluster leases the per-host slots to download processes
+        # (none for --per-host 0); a silent process loses them after a line's deadline
+        # and then some.
+        self.host_slots = start_host_slots(settings.per_host, settings.deadline + BACKSTOP_GRACE)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
-        self.writing: dict[ray.ObjectRef[Counts], tuple[list[Line], int]] = {}
+        self.routing: dict[ray.ObjectRef[list[str | None]], _Group] = {}  # md5s to come
+        self.writing: dict[ray.ObjectRef[Counts], tuple[_Group, list[Line]]] = {}
+        self.groups = 0  # between download and writers
         self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
         self.total = Counts()
         self.reported = 0.0  # monotonic time of the last heartbeat
 
     def run(self, lines: Iterable[Line]) -> Counts:
         total = self._run(lines)
-        if self.host_tokens is not None:
+        if self.host_slots is not None:
             self._report_hosts()
         return total
 
     def _report_hosts(self) -> None:
         """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
-        assert self.host_tokens is not None
+        assert self.host_slots is not None
         try:
-            stats: dict[str, Any] = ray.get(self.host_tokens.stats.remote(), timeout=10)
+            stats: dict[str, Any] = ray.get(self.host_slots.stats.remote(), timeout=10)
         except ray.exceptions.RayError:
             return
         backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
         print(
-            f"itm: --per-host {self.settings.per_host}: {stats['granted']} tokens, "
-            f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; token "
+            f"itm: --per-host {self.settings.per_host}: {stats['granted']} slots granted, "
+            f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; slot "
             f"actor {stats['calls']} calls, {stats['cpu_seconds']:.2f} s CPU",
             flush=True,
         )
@@ -274,10 +291,12 @@ class _Driver:
                     self._download(part, 1)
                 else:
                     exhausted = True
-            if not self.downloading and not self.writing and not self.again:
+            if not self.downloading and not self.groups and not self.again:
                 return self.total
-            has_room = len(self.writing) < self.groups_cap
-            waitables = [*self.downloading, *self.writing] if has_room else [*self.writing]
+            has_room = self.groups < self.groups_cap
+            waitables = [*self.routing, *self.writing]
+            if has_room:
+                waitables += self.downloading
             ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
             now = time.monotonic()
             for chunk in self.downloading.values():
@@ -286,13 +305,15 @@ class _Driver:
             for ref in ready:
                 if isinstance(ref, ObjectRefGenerator):
                     self._take_group(ref)
+                elif ref in self.routing:
+                    self._route(ref)
                 else:
                     self._written(ref)
             self._backstop(now)
             if now - self.reported >= PROGRESS_EVERY:
                 self.reported = now
                 # Fire and forget: the writer records it between two batches.
-                self.writer.progress.remote(self.run_id, self._oldest_in_flight())
+                self.writers[0].progress.remote(self.run_id, self._oldest_in_flight())
 
     def _oldest_in_flight(self) -> list[dict[str, Any]]:
         """The first lines still pending in the oldest download tasks: a task's threads
@@ -300,13 +321,13 @@ class _Driver:
         oldest = []
         for chunk in sorted(self.downloading.values(), key=lambda chunk: chunk.since):
             for line, url in itertools.islice(chunk.pending.items(), IN_FLIGHT_SHOWN):
-                oldest.append({"line": line, "url": url[:MAX_URL_LENGTH], "since": chunk.since})
+                oldest.append({"line": line, "url": shown_url(url), "since": chunk.since})
             if len(oldest) >= IN_FLIGHT_SHOWN:
                 break
         return oldest[:IN_FLIGHT_SHOWN]
 
     def _room_for_a_download(self) -> bool:
-        if len(self.writing) >= self.groups_cap or len(self.downloading) > self.nodes:
+        if self.groups >= self.groups_cap or len(self.downloading) > self.nodes:
             return False
         # Past one task per node, a new one only while another finishes its last lines.
         return len(self.downloading) < self.nodes or any(
@@ -315,7 +336,7 @@ class _Driver:
 
     def _download(self, lines: list[Line], attempt: int) -> None:
         generator = self.download_batch.remote(
-            lines, self.settings_ref, self.threads, self.host_tokens
+            lines, self.settings_ref, self.threads, self.host_slots
         )
         self.downloading[generator] = _Chunk(dict(lines), attempt)
 
@@ -336,21 +357,55 @@ class _Driver:
         chunk.quiet_since = time.monotonic()
         md5s = md5_batch.remote(data)
         grays = gray_batch.remote(data, self.settings_ref)
-        self.writing[self.writer.write.remote(self.run_id, group, md5s, grays)] = (
-            group,
-            chunk.attempt,
-        )
+        self.groups += 1
+        if len(self.writers) == 1:  # no routing: the writer waits for md5s and grays itself
+            self._write(_Group(group, chunk.attempt, grays), group, md5s)
+        else:
+            self.routing[md5s] = _Group(group, chunk.attempt, grays)
+
+    def _route(self, ref: ray.ObjectRef[list[str | None]]) -> None:
+        """A group's md5s are known: each writer gets the lines of its share."""
+        group = self.routing.pop(ref)
+        try:
+            md5s = ray.get(ref)
+        except ray.exceptions.RayError as exc:  # no writer has seen these lines
+            self.groups -= 1
+            self._retry(group.lines, group.attempt, exc)
+            return
+        shares: dict[int, list[int]] = {}
+        for at, ((line, _), md5) in enumerate(zip(group.lines, md5s, strict=True)):
+            shares.setdefault(shard_of(md5, line, len(self.writers)), []).append(at)
+        for shard, positions in shares.items():
+            lines = [group.lines[at] for at in positions]
+            self._write(group, lines, [md5s[at] for at in positions], positions, shard)
+
+    def _write(
+        self,
+        group: _Group,
+        lines: list[Line],
+        md5s: ray.ObjectRef[list[str | None]] | list[str | None],
+        positions: list[int] | None = None,
+        shard: int = 0,
+    ) -> None:
+        """One writer call; the writer reads its lines' grayscale from the group's."""
+        write = self.writers[shard].write.remote
+        ref = write(self.run_id, lines, md5s, group.grays, positions)
+        group.writes += 1
+        self.writing[ref] = (group, lines)
 
     def _written(self, ref: ray.ObjectRef[Counts]) -> None:
-        group, attempt = self.writing.pop(ref)
+        group, lines = self.writing.pop(ref)
+        group.writes -= 1
+        if group.writes == 0:
+            self.groups -= 1
         try:
             counts = ray.get(ref)
         except (MongoUnavailable, ray.exceptions.RayActorError):
             raise  # the writer itself is gone or gave up: the job cannot go on
         except ray.exceptions.RayError as exc:
             # md5 or gray failed for good, or the group's bytes were lost: the writer
-            # has seen none of these lines; download them again, as a whole.
-            self._retry(group, attempt, exc)
+            # has seen none of these lines; download them again.
+            self._retry(lines, group.attempt, exc)
             return
         self.total.add(counts)
         self.on_batch(counts)
@@ -366,11 +421,15 @@ class _Driver:
         self._record(lines, Failure(Reason.WORKER_FAILED, f"a task of this batch failed: {detail}"))
 
     def _record(self, lines: list[Line], failure: Failure) -> None:
-        """Write lines that have no bytes as errors."""
-        ref = self.writer.write.remote(
-            self.run_id, lines, [None] * len(lines), [failure] * len(lines)
-        )
-        self.writing[ref] = (lines, ATTEMPTS)
+        """Write lines that have no bytes as errors, each by the writer of its number."""
+        group = _Group(lines, ATTEMPTS, ray.put([failure] * len(lines)))
+        self.groups += 1
+        shares: dict[int, list[int]] = {}
+        for at, (line, _) in enumerate(lines):
+            shares.setdefault(shard_of(None, line, len(self.writers)), []).append(at)
+        for shard, positions in shares.items():
+            picked = [lines[at] for at in positions]
+            self._write(group, picked, [None] * len(picked), positions, shard)
 
     def _backstop(self, now: float) -> None:
         """Cancel a download task silent for longer than any line may take; its lines time out.

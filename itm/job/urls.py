@@ -15,6 +15,7 @@ from requests.utils import requote_uri
 from itm.config import Settings
 from itm.job.lines import MAX_LINE
 from itm.outcomes import Failure, Reason
+from itm.store import has_userinfo, redact
 
 MAX_URL_LENGTH = 2048
 SCHEMES = ("http", "https")
@@ -39,12 +40,23 @@ PRIVATE_FLAG = "--allow-private-addresses (ITM_ALLOW_PRIVATE_ADDRESSES=1)"
 LINK_LOCAL_FLAG = "--allow-link-local-addresses (ITM_ALLOW_LINK_LOCAL_ADDRESSES=1)"
 
 
+def shown_url(line: str) -> str:
+    """A line as itm stores and serves it: its secrets masked (``store.redact``), cut to
+    ``MAX_URL_LENGTH`` characters. The URL fetched is the line itself.
+
+    Redacted before it is cut, so that no secret is half kept; of a longer line, only
+    the ``MAX_LINE + 1`` characters that ``read_lines`` keeps are looked at.
+    """
+    return redact(line[: MAX_LINE + 1])[:MAX_URL_LENGTH]
+
+
 def check_url(line: str) -> str:
     """Return the URL of an input line, or raise ``Failure(Reason.INVALID_URL, …)``.
 
     Only absolute http and https URLs with a host pass; ``file://`` and every other
     scheme are refused here, so they are never opened. So are URLs carrying
-    ``user:password@``: itm never sends credentials found in a list.
+    ``user:password@``, in any spelling (``store.has_userinfo``): itm never sends
+    credentials found in a list, and no detail quotes a piece of them.
     """
     if len(line) > MAX_LINE:
         raise Failure(Reason.INVALID_URL, f"line too long: over {MAX_LINE:,} characters")
@@ -55,6 +67,12 @@ def check_url(line: str) -> str:
         raise Failure(Reason.INVALID_URL, f"URL longer than {MAX_URL_LENGTH} characters")
     if "\ufffd" in url:
         raise Failure(Reason.INVALID_URL, "line is not valid UTF-8")
+    if has_userinfo(url):
+        raise Failure(
+            Reason.INVALID_URL,
+            "URL carries user:password@ credentials: itm never sends them "
+            "(and stores the line with *** in their place)",
+        )
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         raise Failure(Reason.INVALID_URL, "URL contains whitespace or control characters")
     try:
@@ -66,12 +84,6 @@ def check_url(line: str) -> str:
     if scheme not in SCHEMES:
         shown = f"'{scheme}'" if scheme else "none"
         raise Failure(Reason.INVALID_URL, f"scheme {shown} is not http or https")
-    if "@" in parts.netloc:
-        raise Failure(
-            Reason.INVALID_URL,
-            "URL carries user:password@ credentials: itm never "
-            "sends them (and stores the line with ***@ in their place)",
-        )
     if not parts.hostname:
         raise Failure(Reason.INVALID_URL, "URL has no host")
     if port == 0:

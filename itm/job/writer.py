@@ -56,12 +56,13 @@ from bson.errors import BSONError
 from pymongo import InsertOne, UpdateOne
 from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, ConnectionFailure, DuplicateKeyError, PyMongoError
+from ray.actor import ActorHandle
 from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.job.imaging import GrayImage
 from itm.job.lineset import LineSet
-from itm.job.urls import MAX_URL_LENGTH
+from itm.job.urls import shown_url
 from itm.outcomes import Counts, Failure, Line, Reason
 from itm.store import floor_minute
 
@@ -297,14 +298,18 @@ class MongoWriter:
         lines: Sequence[Line],
         md5s: Sequence[str | None],
         grays: Sequence[GrayImage | Failure],
+        positions: Sequence[int] | None = None,
     ) -> Counts:
         """Store a batch: its new images, one event per line, and the counters.
 
+        ``grays`` is the grayscale of a whole group, of which this writer's lines are
+        at ``positions`` (all of it when ``None``): several writers share one group.
         Returns the outcomes of these lines as stored (a replay returns the first ones).
         Three round trips when nothing was there before: images, events, minute (five
         for the first call in a minute, which creates it).
         """
-        items = list(zip(lines, md5s, grays, strict=True))
+        mine = grays if positions is None else [grays[at] for at in positions]
+        items = list(zip(lines, md5s, mine, strict=True))
         return self._retrying(lambda: self._write(run_id, items))
 
     def _write(self, run_id: str, items: list[Item]) -> Counts:
@@ -316,7 +321,7 @@ class MongoWriter:
             event = {
                 "run_id": run_id,
                 "line": line,
-                "url": url[:MAX_URL_LENGTH],
+                "url": shown_url(url),
                 "md5": md5,
                 "finished_at": now,
                 "tally": tally,
@@ -474,7 +479,7 @@ class MongoWriter:
                             "height": gray.height,
                             "mode": gray.mode,
                             **self._png_field(md5, gray.png),
-                            "source_url": url[:MAX_URL_LENGTH],
+                            "source_url": shown_url(url),
                             "inserted_at": now,
                             "run_id": run_id,
                             "line": line,
@@ -549,7 +554,24 @@ def _bulk(collection: Collection[Any], ops: list[InsertOne[Any] | UpdateOne]) ->
         return outcome
 
 
-# One writer for the whole job: no CPU reserved (it waits on MongoDB); restarted
-# and its calls replayed if its process dies, which the idempotent writes allow.
+# No CPU reserved (a writer waits on MongoDB); restarted and its calls replayed if
+# its process dies, which the idempotent writes allow.
 # Any: Ray's stubs type an actor's methods without their ``.remote``.
 WriterActor: Any = ray.remote(num_cpus=0, max_restarts=10, max_task_retries=10)(MongoWriter)
+
+NODES_PER_WRITER = 4  # --writers 0: one writer for every this many nodes
+
+
+def writer_count(writers: int, nodes: int) -> int:
+    """How many writers a job gets: ``writers``, or with 0 one per ``NODES_PER_WRITER``
+    nodes (one on a single machine)."""
+    return writers or -(-nodes // NODES_PER_WRITER)
+
+
+def start_writers(
+    mongo_uri: str, db_name: str, retry_seconds: float, count: int
+) -> list[ActorHandle[Any]]:
+    """The job's writers, spread over the nodes; the md5 space is shared among them in
+    the order of the list (``itm.job.pipeline.shard_of``)."""
+    spread = WriterActor.options(scheduling_strategy="SPREAD")
+    return [spread.remote(mongo_uri, db_name, retry_seconds) for _ in range(count)]

@@ -27,6 +27,7 @@ from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.outcomes import describe
 from itm.store import IMAGES, MONITORING
+from tests.support.apiclient import api_client
 from tests.support.apidata import COUNTS, REASONS, START, ApiData, fill
 from tests.support.waiting import wait_until
 
@@ -42,7 +43,7 @@ def data(db: Database) -> ApiData:
 def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
     # No snapshot kept: each request reads what the test just wrote (see test_snapshots_*).
     settings = Settings(mongo_uri=mongo_uri, db=db_name, api_snapshot_s=0)
-    with TestClient(create_app(settings)) as test_client:
+    with api_client(create_app(settings)) as test_client:
         yield test_client
 
 
@@ -389,7 +390,7 @@ def _wait_healthy(client: TestClient) -> None:
 def test_mongodb_down_gives_503_and_the_api_recovers(tmp_path: Path) -> None:
     mongo = EmbeddedMongo(tmp_path)  # its port is chosen, nobody listens there yet
     settings = Settings(mongo_uri=mongo.uri, db="itm", api_snapshot_s=0)  # every request reads
-    with TestClient(create_app(settings, timeout_ms=300)) as client:
+    with api_client(create_app(settings, timeout_ms=300)) as client:
         started = time.monotonic()
         response = client.get("/healthz")
         assert response.status_code == 503
@@ -413,7 +414,7 @@ def test_a_mongodb_known_to_be_down_is_503_without_waiting_the_time_limit(
     (here ten minutes) in server selection: it answers 503 at once."""
     mongo = EmbeddedMongo(tmp_path)  # nobody listens on its port yet
     settings = Settings(mongo_uri=mongo.uri, db="itm", api_timeout=600)
-    with TestClient(create_app(settings, timeout_ms=300)) as client:
+    with api_client(create_app(settings, timeout_ms=300)) as client:
         mongo_client = client.app.state.db.client
         while not any(
             server.error
@@ -435,7 +436,7 @@ def test_a_mongodb_known_to_be_down_is_503_without_waiting_the_time_limit(
 def test_read_past_the_time_limit_is_503(mongo_uri: str, db_name: str, data: ApiData) -> None:
     # A limit no read can meet: pymongo refuses to send the read, or the server stops it.
     settings = Settings(mongo_uri=mongo_uri, db=db_name, api_timeout=1e-6)
-    with TestClient(create_app(settings)) as slow:
+    with api_client(create_app(settings)) as slow:
         slow.app.state.db.client.admin.command("ping")  # found: a read is sent, or refused
         for path in PATHS[1:]:
             response = slow.get(path)
@@ -522,7 +523,7 @@ def test_no_turn_at_reading_mongodb_is_503_at_once(
     mongo_uri: str, db_name: str, data: ApiData
 ) -> None:
     settings = Settings(mongo_uri=mongo_uri, db=db_name, api_max_reads=1, api_snapshot_s=0)
-    with TestClient(create_app(settings)) as client:
+    with api_client(create_app(settings)) as client:
         md5 = data.newest_first[0]
         with client.app.state.reads():  # the only turn, held as a slow request would
             for path in (f"/image/{md5}", "/images", "/", "/monitoring?format=json"):
@@ -551,7 +552,7 @@ def test_snapshots_are_shared_by_concurrent_requests_and_kept_a_while(
 
     settings = Settings(mongo_uri=mongo_uri, db=db_name, api_snapshot_s=3600)
     with (
-        TestClient(create_app(settings)) as client,
+        api_client(create_app(settings)) as client,
         patch.object(queries, "dashboard", held),
         ThreadPoolExecutor(6) as pool,
     ):

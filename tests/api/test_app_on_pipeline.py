@@ -17,13 +17,14 @@ from itm.api import create_app
 from itm.config import Settings
 from itm.outcomes import describe
 from itm.store import EVENTS, GRAY_BUCKET, IMAGES, MONITORING
+from tests.support.apiclient import api_client
 from tests.support.jobs import PicsumRun
 
 
 @pytest.fixture(scope="module")
 def client(mongo_uri: str, picsum_run: PicsumRun) -> Iterator[TestClient]:
     settings = Settings(mongo_uri=mongo_uri, db=picsum_run.db.name)
-    with TestClient(create_app(settings)) as test_client:
+    with api_client(create_app(settings)) as test_client:
         yield test_client
 
 

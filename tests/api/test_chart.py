@@ -2,43 +2,20 @@
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
 import psutil
 import pytest
-from PIL import Image
 
-from itm.api.chart import (
-    DPI,
-    ERROR_COLOR,
-    SIZE_INCHES,
-    SUCCESS_COLOR,
-    histogram_png,
-    render_histogram,
-)
+from itm.api.chart import AXES_PIXELS, ERROR_COLOR, SUCCESS_COLOR, histogram_png, render_histogram
 from itm.api.coalesce import Busy
-from itm.api.histogram import Bucket
+from itm.api.histogram import CHART_MINUTES, Bucket, Window, chart_buckets
 from itm.store import MINUTE
+from tests.support.pixels import AXES_LEFT, color_runs, count_color, pixels
 
 T0 = datetime(2026, 3, 4, 5, 6, tzinfo=timezone.utc)
-SIZE = (int(SIZE_INCHES[0] * DPI), int(SIZE_INCHES[1] * DPI))
-
-
-def pixels(png: bytes) -> np.ndarray:
-    image = Image.open(io.BytesIO(png))
-    assert image.format == "PNG"
-    assert image.size == SIZE
-    return np.asarray(image.convert("RGB"))
-
-
-def count_color(rgb: np.ndarray, color: str) -> int:
-    wanted = np.array([int(color[i : i + 2], 16) for i in (1, 3, 5)])
-    return int((np.abs(rgb.astype(int) - wanted).sum(axis=2) < 30).sum())
-
-
 LEGEND_SWATCH = 300  # pixels: at most what the legend's own patch of a color takes
 
 
@@ -47,6 +24,35 @@ def buckets(n: int, seed: int = 0) -> list[Bucket]:
     return [
         Bucket(T0 + i * MINUTE, int(rng.integers(0, 9)), int(rng.integers(0, 4))) for i in range(n)
     ]
+
+
+def drawn(minutes: int) -> bytes:
+    """The chart of a run of ``minutes`` busy minutes, as the API draws its default window."""
+    data = buckets(minutes, seed=minutes)
+    data = [Bucket(b.minute, b.success + 1, b.error) for b in data]  # every minute has bars
+    window = Window(data[0].minute, data[-1].minute)
+    return render_histogram(chart_buckets(window, data, keep_since=False, keep_until=False))
+
+
+def test_one_minute_is_one_bar_in_its_slot_among_empty_minutes() -> None:
+    slot = AXES_PIXELS / CHART_MINUTES
+    (bar,) = color_runs(pixels(drawn(1)), SUCCESS_COLOR)
+    assert 0.7 * slot <= bar[1] - bar[0] <= slot  # a minute wide, less the gap
+    middle = AXES_LEFT + 14.5 * slot  # the 15th of 30 minutes
+    assert abs((bar[0] + bar[1]) / 2 - middle) <= 2
+
+
+def test_an_hour_is_sixty_bars_each_in_its_slot() -> None:
+    slot = AXES_PIXELS / 60
+    bars = color_runs(pixels(drawn(60)), SUCCESS_COLOR)
+    assert len(bars) == 60
+    assert all(0.6 * slot <= end - start <= slot for start, end in bars)
+
+
+def test_a_day_is_one_area_without_stripes() -> None:
+    bars = color_runs(pixels(drawn(24 * 60)), SUCCESS_COLOR)
+    assert len(bars) == 1
+    assert bars[0][1] - bars[0][0] >= AXES_PIXELS - 2
 
 
 def test_chart_draws_both_series() -> None:

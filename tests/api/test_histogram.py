@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -9,13 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from itm.api.histogram import (
+    CHART_MINUTES,
     MAX_BUCKETS,
     Bucket,
     Totals,
     Window,
+    chart_buckets,
     fill_buckets,
+    minute_ticks,
+    pad,
     resolve_window,
+    tick_labels,
     totals,
+    widen,
 )
 from itm.store import EARLIEST, LATEST, MINUTE, floor_minute, to_utc
 
@@ -101,6 +108,88 @@ def test_totals() -> None:
     assert totals([]) == Totals(0, 0)
 
 
+def test_a_short_window_widens_around_its_middle() -> None:
+    assert widen(Window(at(0), at(0)), 30) == Window(at(-14), at(15))
+    assert widen(Window(at(0), at(9)), 30) == Window(at(-10), at(19))
+    assert widen(Window(at(0), at(59)), 30) == Window(at(0), at(59))
+
+
+def test_a_requested_bound_stays_where_it_was_asked() -> None:
+    assert widen(Window(at(0), at(0)), 30, keep_since=True) == Window(at(0), at(29))
+    assert widen(Window(at(0), at(0)), 30, keep_until=True) == Window(at(-29), at(0))
+    both = Window(at(0), at(0))
+    assert widen(both, 30, keep_since=True, keep_until=True) == both
+
+
+def test_a_widened_window_stays_in_range() -> None:
+    assert widen(Window(EARLIEST, EARLIEST), 30) == Window(EARLIEST, EARLIEST + 15 * MINUTE)
+    assert widen(Window(LATEST, LATEST), 30) == Window(LATEST - 14 * MINUTE, LATEST)
+
+
+def test_pad_adds_empty_minutes_around() -> None:
+    assert pad([Bucket(at(1), 2, 3)], Window(at(0), at(2))) == [
+        Bucket(at(0), 0, 0),
+        Bucket(at(1), 2, 3),
+        Bucket(at(2), 0, 0),
+    ]
+
+
+def test_a_chart_shows_at_least_its_minutes() -> None:
+    one = [Bucket(at(0), 5, 1)]
+    drawn = chart_buckets(Window(at(0), at(0)), one, keep_since=False, keep_until=False)
+    assert len(drawn) == CHART_MINUTES
+    assert drawn[14] == one[0]
+    assert totals(drawn) == Totals(5, 1)
+    assert chart_buckets(None, [], keep_since=False, keep_until=False) == []
+
+
+def steps(ticks: list[datetime]) -> set[timedelta]:
+    return {b - a for a, b in itertools.pairwise(ticks)}
+
+
+def test_ticks_name_round_minutes() -> None:
+    # A minute's run, widened: 21:33..22:02, ticks every 5 minutes.
+    short = Window(
+        datetime(2026, 3, 4, 21, 33, tzinfo=UTC), datetime(2026, 3, 4, 22, 2, tzinfo=UTC)
+    )
+    assert tick_labels(minute_ticks(short)) == [
+        "21:35", "21:40", "21:45", "21:50", "21:55", "22:00"
+    ]  # fmt: skip
+    hour = Window(
+        datetime(2026, 3, 4, 20, 48, tzinfo=UTC), datetime(2026, 3, 4, 21, 47, tzinfo=UTC)
+    )
+    ticks = minute_ticks(hour)
+    assert ticks[0] == datetime(2026, 3, 4, 20, 50, tzinfo=UTC)
+    assert steps(ticks) == {5 * MINUTE}
+    assert ticks[-1] == datetime(2026, 3, 4, 21, 45, tzinfo=UTC)
+
+
+def test_a_day_is_named_every_two_hours_and_its_midnight_by_date() -> None:
+    day = Window(datetime(2026, 3, 3, 21, 48, tzinfo=UTC), datetime(2026, 3, 4, 21, 47, tzinfo=UTC))
+    ticks = minute_ticks(day)
+    assert ticks[0] == datetime(2026, 3, 3, 22, 0, tzinfo=UTC)
+    assert steps(ticks) == {120 * MINUTE}
+    labels = tick_labels(ticks)
+    assert labels[:3] == ["22:00", "00:00\n2026-03-04", "02:00"]
+    assert [label for label in labels if "\n" in label] == ["00:00\n2026-03-04"]
+
+
+def test_one_minute_asked_for_is_named_at_both_ends() -> None:
+    assert minute_ticks(Window(at(0), at(0))) == [at(0), at(1)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.integers(0, 60 * 24 * 400), minutes=st.integers(1, MAX_BUCKETS))
+def test_ticks_are_few_and_on_round_minutes(start: int, minutes: int) -> None:
+    window = Window(at(start), at(start + minutes - 1))
+    ticks = minute_ticks(window)
+    assert 1 <= len(ticks) <= 13
+    assert all(window.since <= tick <= window.until + MINUTE for tick in ticks)
+    assert len(steps(ticks)) <= 1
+    for step in steps(ticks):
+        assert all((tick - tick.replace(hour=0, minute=0)) % step == timedelta(0) for tick in ticks)
+
+
 minute_offsets = st.integers(min_value=-3000, max_value=3000)
 
 
@@ -130,3 +219,35 @@ def test_buckets_are_contiguous_bounded_and_exact(
     assert [b.minute for b in buckets] == [window.since + i * MINUTE for i in range(len(buckets))]
     inside = [(s, e) for o, s, e in docs if window.since <= at(o) <= window.until]
     assert totals(buckets) == Totals(sum(s for s, _ in inside), sum(e for _, e in inside))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    docs=st.lists(st.tuples(minute_offsets, st.integers(0, 50), st.integers(0, 50)), max_size=30),
+    since=st.none() | minute_offsets,
+    until=st.none() | minute_offsets,
+)
+def test_the_minutes_a_chart_adds_are_truly_empty(
+    docs: list[tuple[int, int, int]], since: int | None, until: int | None
+) -> None:
+    """Widening moves only the bounds that came from the data: what it adds has no counts."""
+    if since is not None and until is not None and since > until:
+        return
+    offsets = [offset for offset, _, _ in docs]
+    window = resolve_window(
+        None if since is None else at(since),
+        None if until is None else at(until),
+        at(min(offsets)) if offsets else None,
+        at(max(offsets)) if offsets else None,
+    )
+    if window is None:
+        return
+    mongo_docs = [{"minute": at(o), "success": s, "error": e} for o, s, e in docs]
+    drawn = chart_buckets(
+        window, fill_buckets(window, mongo_docs), since is not None, until is not None
+    )
+    shown = Window(drawn[0].minute, drawn[-1].minute)
+    assert drawn == fill_buckets(shown, mongo_docs)
+    assert shown.since <= window.since and window.until <= shown.until
+    if since is None or until is None:
+        assert len(drawn) >= CHART_MINUTES

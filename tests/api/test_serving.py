@@ -64,6 +64,10 @@ def test_image_and_monitoring_over_ray_serve(served: str, db: Database) -> None:
         totals = http.get("/monitoring", params={"format": "json"}).json()["totals"]
         assert totals == {"success": data.success, "error": data.error}
         assert http.get("/healthz").json()["status"] == "ok"
+        # Serve's proxy hands the client's Host to the app, whose doors hold (DNS rebinding).
+        assert http.get("/healthz").headers["x-content-type-options"] == "nosniff"
+        refused = http.get("/healthz", headers={"Host": "attacker.example:5000"})
+        assert refused.status_code == 400 and "--api-allowed-hosts" in refused.json()["detail"]
 
 
 def test_serve_app_reads_its_settings_from_the_environment(

@@ -19,6 +19,7 @@ from ray.util.state import list_tasks
 
 from itm.config import Settings
 from itm.job.imaging import grayscale_png, md5_hex
+from itm.job.pipeline import shard_of
 from itm.job.ray_runtime import LOCAL_ENV
 from tests.support.host_servers import HostServer, check_polite_run, spread_lines
 from tests.support.jobs import ROOT, run_itm, run_itm_process, write_urls
@@ -81,6 +82,17 @@ def outcome(db: Database) -> dict[str, list]:
     }
 
 
+def assert_one_writer_per_share(db: Database, writers: int) -> set[int]:
+    """Each writer call (a tally) holds the lines of one share only: an image is always
+    written by the writer that owns its md5, a line without one by its number. Returns
+    the shares written."""
+    shares: dict[object, set[int]] = {}
+    for event in db.events.find({}, {"tally": 1, "md5": 1, "line": 1}):
+        shares.setdefault(event["tally"], set()).add(shard_of(event["md5"], event["line"], writers))
+    assert all(len(share) == 1 for share in shares.values())
+    return {share for (share,) in shares.values()}
+
+
 def test_a_multi_node_run_equals_the_single_node_run(
     cluster: Cluster,
     mongo_uri: str,
@@ -99,13 +111,14 @@ def test_a_multi_node_run_equals_the_single_node_run(
         seconds["single"] = time.perf_counter() - started
         started = time.perf_counter()
         result = run_itm_process(
-            mongo_uri, dbs["multi"].name, urls, "--ray-address", cluster.address
+            mongo_uri, dbs["multi"].name, urls, "--ray-address", cluster.address, "--writers", "3"
         )
         seconds["multi"] = time.perf_counter() - started
     assert result.returncode == 0, result.stderr[-2000:]
     single, multi = outcome(dbs["single"]), outcome(dbs["multi"])
     assert len(multi["events"]) == LINES
     assert multi == single
+    assert assert_one_writer_per_share(dbs["multi"], 3) == {0, 1, 2}
 
     tasks = state_tasks(cluster)
     per_node: dict[str, Counter[str]] = {}
@@ -124,17 +137,28 @@ def test_a_multi_node_run_equals_the_single_node_run(
 def test_the_per_host_limit_holds_across_nodes(
     cluster: Cluster, mongo_uri: str, mongo_client: MongoClient, tmp_path: Path
 ) -> None:
-    """Download tasks on three nodes, one token actor: no host ever sees more than 2."""
+    """Download processes on three nodes, one slot actor, three writers: no host ever sees
+    more than 2, and every line is counted once."""
     db = mongo_client["cluster_per_host"]
     mongo_client.drop_database(db.name)
     with HostServer(latency=0.02) as server:
         urls = write_urls(tmp_path, spread_lines(server, 120))
         result = run_itm_process(
-            mongo_uri, db.name, urls, "--ray-address", cluster.address, "--per-host", "2"
+            mongo_uri,
+            db.name,
+            urls,
+            "--ray-address",
+            cluster.address,
+            "--per-host",
+            "2",
+            "--writers",
+            "3",
         )
     assert result.returncode == 0, result.stderr[-2000:]
     check_polite_run(db, server, 120, 2)
-    assert "itm: --per-host 2: " in result.stdout  # the token actor's report
+    assert "itm: --per-host 2: " in result.stdout  # the slot actor's report
+    assert [sum(m[k] for m in db.monitoring.find()) for k in ("success", "error")] == [120, 0]
+    assert_one_writer_per_share(db, 3)
 
 
 def test_bytes_lost_with_their_node_are_downloaded_again_for_md5_and_gray_both(

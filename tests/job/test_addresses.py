@@ -44,12 +44,39 @@ LINK_LOCAL = Settings(allow_link_local_addresses=True)
         ("239.255.255.250", "multicast"),
         ("ff02::1", "multicast"),
         ("240.0.0.1", "reserved"),
+        ("255.255.255.255", "reserved"),
+        # Special-purpose ranges (IANA) that ipaddress's flags miss or might miss.
+        ("192.0.0.8", "private"),  # IETF protocol assignments, 192.0.0.0/24
+        ("192.0.0.100", "private"),
+        ("192.0.0.170", "private"),
+        ("198.18.0.1", "private"),  # benchmarking, 198.18.0.0/15
+        ("198.19.255.254", "private"),
+        ("198.51.100.7", "private"),  # documentation
+        ("203.0.113.7", "private"),
+        ("192.88.99.1", "reserved"),  # deprecated 6to4 relay anycast
+        ("255.0.0.1", "reserved"),  # 240.0.0.0/4
+        ("fec0::1", "private"),  # deprecated site-local, fec0::/10
+        ("feff:ffff::1", "private"),
+        ("3fff::1", "private"),  # documentation, 3fff::/20
+        ("3fff:fff:ffff::1", "private"),
+        ("2001:db8::1", "private"),  # documentation, 2001:db8::/32
+        ("2001:2::1", "private"),  # benchmarking, 2001:2::/48
+        ("2001::1", "private"),  # Teredo, in IETF protocol assignments 2001::/23
+        ("5f00::1", "reserved"),  # SRv6 segment identifiers, 5f00::/16
+        ("100::1", "reserved"),  # discard-only, 100::/64
+        ("100:0:0:1::1", "reserved"),  # dummy prefix, 100:0:0:1::/64
+        ("64:ff9b:1::1", "reserved"),  # local-use IPv4/IPv6 translation
+        ("4000::1", "reserved"),  # not allocated by IANA
         ("::127.0.0.1", "reserved"),
         ("8.8.8.8", None),
         ("93.184.216.34", None),
         ("2606:4700:4700::1111", None),
         ("64:ff9b::808:808", None),
         ("172.32.0.1", None),
+        ("3fff:1000::1", None),  # just past 3fff::/20
+        ("fe7f::1", "reserved"),  # just below fec0::/10: fe00::/9 is reserved
+        ("192.0.1.1", None),  # just past 192.0.0.0/24
+        ("2620:4f:8000::1", None),  # AS112: globally reachable
         ("100.128.0.1", None),
     ],
 )
@@ -94,13 +121,24 @@ def test_refusals_say_how_to_allow() -> None:
         "https://:secret@example.com/",
         "http://***@example.com/",
         "http://a@b@example.com/",
+        # Spellings a browser or a parser takes for userinfo, and passwords with an
+        # unencoded delimiter (Python would read a port "p4ss" and quote it).
+        "http://user:p4ss/secret@example.com/a.jpg",
+        "http://user:p4ss?secret@example.com/",
+        "http://user:p4ss#secret@example.com/",
+        "//user:secret@example.com/a.jpg",
+        "http:user:secret@example.com/a.jpg",
+        "http:\\\\user:secret@example.com\\a.jpg",
+        "HTTPS:/user:secret@example.com/",
+        "http://example.com\\user:secret@example.com/",
     ],
 )
 def test_credentials_are_refused_and_never_shown(line: str) -> None:
     with pytest.raises(Failure) as caught:
         check_url(line)
     assert caught.value.reason == "invalid_url"
-    assert "credentials" in caught.value.detail and "secret" not in caught.value.detail
+    detail = caught.value.detail
+    assert "credentials" in detail and "secret" not in detail and "p4ss" not in detail
 
 
 @pytest.mark.parametrize(

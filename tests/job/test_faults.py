@@ -27,7 +27,7 @@ from itm.embedded import EmbeddedMongo, free_port
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches
-from itm.job.writer import MongoWriter, WriterActor
+from itm.job.writer import MongoWriter, start_writers
 from itm.outcomes import Counts, Failure
 from tests.support.jobs import ItmProcess, job_flags, run_itm, run_itm_process, write_urls
 from tests.support.servers import PicsumServer, jpeg, picsum_lines
@@ -90,24 +90,27 @@ def pipeline_run(
     db: Database,
     lines: list[str],
     tmp_path: Path,
-    on_batch: Callable[[ActorHandle], None],
+    on_batch: Callable[[list[ActorHandle]], None],
     latency: float,
+    writers: int = 1,
 ) -> Counts:
-    """``lines`` (picsum paths) through ``run_batches`` with a fresh writer, as run "faults"."""
-    writer = WriterActor.remote(mongo_uri, db.name)
-    ray.get(writer.start_run.remote("faults", "urls.txt", False))
+    """``lines`` (picsum paths) through ``run_batches`` with fresh writers, as run "faults"."""
+    started = start_writers(mongo_uri, db.name, 60.0, writers)
+    ray.get(started[0].start_run.remote("faults", "urls.txt", False))
     with PicsumServer(latency=latency) as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, lines))
         return run_batches(
             read_lines(urls, set()),
-            writer,
+            started,
             "faults",
             Settings(batch_size=8, concurrency=32, allow_private_addresses=True),
-            lambda _: on_batch(writer),
+            lambda _: on_batch(started),
         )
 
 
+@pytest.mark.parametrize("writers", [1, 3])
 def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(
+    writers: int,
     mongo_uri: str,
     db: Database,
     ray_local: None,
@@ -116,13 +119,15 @@ def test_a_killed_writer_is_restarted_and_nothing_is_lost_or_doubled(
 ) -> None:
     batches = 0
 
-    def kill_now_and_then(writer: ActorHandle) -> None:
+    def kill_now_and_then(started: list[ActorHandle]) -> None:
         nonlocal batches
         batches += 1
         if batches in (3, 20):  # with later batches queued or running in the writer
-            ray.kill(writer, no_restart=False)
+            ray.kill(started[batches % writers], no_restart=False)
 
-    total = pipeline_run(mongo_uri, db, canonical_lines[:300], tmp_path, kill_now_and_then, 0.01)
+    total = pipeline_run(
+        mongo_uri, db, canonical_lines[:300], tmp_path, kill_now_and_then, 0.01, writers
+    )
     assert total.lines == 300
     assert_exact(db, "faults", 300)
 
@@ -152,7 +157,7 @@ def test_killed_task_workers_are_retried_by_ray(
 ) -> None:
     killed = []
 
-    def kill_busy_workers(writer: ActorHandle) -> None:
+    def kill_busy_workers(writers: list[ActorHandle]) -> None:
         if len(killed) < 3:
             killed.append(kill_task_workers())
 
@@ -292,6 +297,26 @@ def test_mongo_timeout_is_how_long_the_job_waits_for_a_first_answer(
     with LateRelay(mongo_uri, late=3.0) as relay:
         assert run_itm(relay.uri, db.name, urls, "--mongo-timeout", "30") == 0
     assert "MongoDB at" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "mongodb://user:p4ss/w0rd@127.0.0.1:1/?tlsCertificateKeyFilePassword=k3ysecret",
+        "mongodb://AKIA:p4ss@127.0.0.1:99999/?authMechanism=MONGODB-AWS"
+        "&authMechanismProperties=AWS_SESSION_TOKEN:t0kensecret",
+        "https://user:p4ss@mongo.example/",
+    ],
+)
+def test_an_invalid_mongo_uri_is_a_clear_error_without_its_secrets(
+    uri: str, tmp_path: Path, ray_local: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    urls = write_urls(tmp_path, ["http://127.0.0.1:1/a.jpg"])
+    assert run_itm(uri, "itm", urls) == 1
+    out, err = capsys.readouterr()
+    assert err.startswith("itm: --mongo-uri ") and "not a valid MongoDB URI" in err
+    for secret in ("p4ss", "w0rd", "k3ysecret", "t0kensecret"):
+        assert secret not in out + err
 
 
 def test_an_unreachable_ray_fails_fast(mongo_uri: str, tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pymongo.database import Database
 
 from itm.config import Settings
 from itm.job.download import HostHand, fetch
-from itm.job.host_gate import HostGate, HostTokenActor
+from itm.job.host_gate import HostSlotActor, LocalGate
 from itm.job.politeness import BACKOFF_FIRST, REFUSALS_BEFORE_BACKOFF
 from itm.outcomes import Failure
 from tests.support.host_servers import HostServer, check_polite_run, spread_lines
@@ -33,14 +33,17 @@ SETTINGS = Settings(
 
 
 @pytest.fixture(scope="module")
-def gate(ray_local: None) -> Iterator[HostGate]:
-    """One token actor for the module: each test talks to hosts of its own."""
-    actor = HostTokenActor.remote(PER_HOST, 60.0)
-    yield HostGate(actor, PER_HOST)
+def gate(ray_local: None) -> Iterator[LocalGate]:
+    """One slot actor and one process's gate for the module: each test talks to hosts of
+    its own."""
+    actor = HostSlotActor.remote(PER_HOST, 60.0)
+    gate = LocalGate(actor, PER_HOST)
+    yield gate
+    gate.close()
     ray.kill(actor)
 
 
-def polite(url: str, settings: Settings, gate: HostGate) -> bytes:
+def polite(url: str, settings: Settings, gate: LocalGate) -> bytes:
     """One line in a thread of its own: its token goes back at the end."""
     with HostHand(gate) as hand:
         return fetch(url, settings, hand)
@@ -52,7 +55,7 @@ def server() -> Iterator[HostServer]:
         yield running
 
 
-def test_a_redirect_gives_the_first_host_token_back(gate: HostGate, server: HostServer) -> None:
+def test_a_redirect_gives_the_first_host_token_back(gate: LocalGate, server: HostServer) -> None:
     a, b = "127.0.0.1", "localhost"
     with ThreadPoolExecutor(PER_HOST) as pool:
         held = [
@@ -60,7 +63,7 @@ def test_a_redirect_gives_the_first_host_token_back(gate: HostGate, server: Host
             for n in range(PER_HOST)
         ]
         assert server.wait_in_flight(b, PER_HOST)  # both lines now talk to b, held there
-        # Had they kept a's tokens, this would wait for them until its deadline.
+        # Had they kept a's slots, this would wait for them until its deadline.
         assert polite(server.at(a, "/img/1"), SETTINGS, gate) == server.jpeg
         server.release.set()
         assert [line.result() for line in held] == [server.jpeg] * PER_HOST
@@ -69,7 +72,7 @@ def test_a_redirect_gives_the_first_host_token_back(gate: HostGate, server: Host
 
 @pytest.mark.parametrize(("code", "wait", "at_least"), [(503, "2", 2.0), (429, "date", 1.0)])
 def test_retry_after_is_waited_once(
-    gate: HostGate, server: HostServer, code: int, wait: str, at_least: float
+    gate: LocalGate, server: HostServer, code: int, wait: str, at_least: float
 ) -> None:
     path = f"/busy/{code}/1?{wait}"
     assert polite(server.at("127.0.0.2", path), SETTINGS, gate) == server.jpeg
@@ -79,7 +82,7 @@ def test_retry_after_is_waited_once(
 
 
 def test_a_retry_after_past_the_deadline_fails_and_holds_the_host(
-    gate: HostGate, server: HostServer
+    gate: LocalGate, server: HostServer
 ) -> None:
     short = Settings(deadline=2.0, per_host=PER_HOST, allow_private_addresses=True)
     with pytest.raises(Failure) as refused:
@@ -94,14 +97,14 @@ def test_a_retry_after_past_the_deadline_fails_and_holds_the_host(
     assert server.hits["/img/2"] == 0
 
 
-def test_a_host_that_keeps_refusing_is_backed_off(gate: HostGate, server: HostServer) -> None:
+def test_a_host_that_keeps_refusing_is_backed_off(gate: LocalGate, server: HostServer) -> None:
     no_retry = Settings(deadline=10.0, retries=0, per_host=PER_HOST, allow_private_addresses=True)
     host = "localhost"
     for n in range(REFUSALS_BEFORE_BACKOFF):
         started = time.monotonic()
         with pytest.raises(Failure):
             polite(server.at(host, f"/status/503?{n}"), no_retry, gate)
-    # The refusals reach the actor with the tokens given back, unawaited: wait for them.
+    # The refusals reach the actor with the slots given back, unawaited: wait for them.
     wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"], "backed off", 10)
     assert polite(server.at(host, "/img/3"), no_retry, gate) == server.jpeg
     # The next start waits the first pause after the last refused one.

@@ -105,6 +105,30 @@ def test_a_retry_after_past_the_deadline_fails_at_once(server: HostileServer) ->
     assert seconds < 1
 
 
+def test_a_retry_after_in_other_digits_is_no_wait_and_still_retried(
+    server: HostileServer,
+) -> None:
+    # "²" passes str.isdigit(), not int(): the 503 is transient, retried after the backoff.
+    assert fetch(f"{server.url}/retry-after?%B2", OPTED_IN) == server.jpeg
+    assert server.hits["/retry-after"] == 2
+
+
+@pytest.mark.parametrize("length", ["%B9%B2", "12abc", "-5", ""])
+def test_a_content_length_that_is_no_number_is_only_a_hint(
+    server: HostileServer, length: str
+) -> None:
+    assert fetch(f"{server.url}/length?{length}", OPTED_IN) == server.jpeg
+
+
+def test_a_redirect_to_an_international_host_is_idna_encoded(server: HostileServer) -> None:
+    """As an input line's: the hop's host resolves as xn--bcher-kva.example (which no
+    resolver knows), never as b%C3%BCcher.example."""
+    with pytest.raises(Failure) as caught:
+        fetch(f"{server.url}/to?http://bücher.example/x.png", OPTED_IN)
+    assert caught.value.reason == "connection_error"
+    assert "cannot resolve xn--bcher-kva.example" in caught.value.detail
+
+
 def test_connections_are_reused_across_urls(server: HostileServer) -> None:
     for _ in range(5):
         assert fetch(f"{server.url}/to?/ok.jpg", OPTED_IN) == server.jpeg

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from itm.job.imaging import decode, gray_of_rgb, grayscale_png, md5_hex
+from itm.job.imaging import (
+    ACCEPTED_FORMATS,
+    REFUSED_FORMATS,
+    _pixel_limit,
+    decode,
+    gray_of_rgb,
+    grayscale_png,
+    md5_hex,
+    open_image,
+)
 from itm.outcomes import Failure
 from tests.support.servers import bomb_png, jpeg, photo
 
@@ -178,6 +187,7 @@ def test_non_images_are_refused(data: bytes) -> None:
     with pytest.raises(Failure) as caught:
         grayscale_png(data, MAX_PIXELS, level=1)
     assert caught.value.reason == "not_an_image"
+    assert "object at 0x" not in caught.value.detail
 
 
 def test_png_level_zero_stores_and_run_length_compresses() -> None:
@@ -187,3 +197,56 @@ def test_png_level_zero_stores_and_run_length_compresses() -> None:
     assert np.array_equal(
         np.asarray(Image.open(io.BytesIO(fast.png))), np.asarray(Image.open(io.BytesIO(small.png)))
     )
+
+
+def test_the_format_lists_cover_pillows_formats() -> None:
+    Image.init()
+    assert ACCEPTED_FORMATS | set(REFUSED_FORMATS) == set(Image.OPEN)
+    assert not ACCEPTED_FORMATS & set(REFUSED_FORMATS)
+
+
+def test_eps_is_refused_by_its_signature() -> None:
+    with pytest.raises(Failure) as caught:
+        grayscale_png(encoded(rgb_picture(), "EPS"), MAX_PIXELS, level=1)
+    assert caught.value.reason == "unsupported_format"
+    assert "Ghostscript" in caught.value.detail
+
+
+def test_max_pixels_above_pillows_own_limit_takes_effect() -> None:
+    data = bomb_png(14_000)  # 196 M pixels: Pillow alone refuses over 2 x 89 M
+    with _pixel_limit(200_000_000):
+        assert open_image(data, 200_000_000).size == (14_000, 14_000)
+    with pytest.raises(Failure) as caught:
+        grayscale_png(data, 100_000_000, level=1)
+    assert caught.value.reason == "decompression_bomb"
+    assert "--max-pixels 100,000,000" in caught.value.detail
+
+
+def test_sixteen_bit_gray_is_one_rule_whatever_the_container() -> None:
+    values = np.arange(40 * 30, dtype=np.uint32).reshape(30, 40).astype(np.uint16) * 54
+    pgm = b"P5\n40 30\n65535\n" + values.astype(">u2").tobytes()  # Pillow: mode I
+    png = encoded(Image.fromarray(values), "PNG")  # Pillow: mode I;16
+    assert Image.open(io.BytesIO(pgm)).mode == "I"
+    for data in (pgm, png):
+        assert np.array_equal(np.asarray(stored(data)), (values >> 8).astype(np.uint8))
+
+
+def test_sixteen_bit_gray_keeps_its_transparent_value() -> None:
+    values = np.full((4, 5), 1000, dtype=np.uint16)
+    values[1, 2] = 4660
+    out = io.BytesIO()
+    Image.fromarray(values).save(out, format="PNG", transparency=4660)
+    result = stored(out.getvalue())
+    assert result.mode == "LA"
+    gray = np.asarray(result.getchannel("L"))
+    assert gray[1, 2] == 4660 >> 8 and (np.delete(gray.ravel(), 7) == 1000 >> 8).all()
+    assert np.argwhere(np.asarray(result.getchannel("A")) == 0).tolist() == [[1, 2]]
+
+
+def test_a_variant_pillow_does_not_decode_is_not_an_image() -> None:
+    dds = bytearray(encoded(rgb_picture(), "DDS"))
+    dds[80:84] = (0x80000).to_bytes(4, "little")  # pixel-format flags Pillow does not know
+    with pytest.raises(Failure) as caught:
+        grayscale_png(bytes(dds), MAX_PIXELS, level=1)
+    assert caught.value.reason == "not_an_image"
+    assert "NotImplementedError" in caught.value.detail

@@ -81,7 +81,7 @@ def test_a_download_task_that_does_not_come_back_is_cancelled_and_its_lines_time
         ray.get(writer.start_run.remote("stuck", str(urls), False))
         total = run_batches(
             read_lines(urls, set()),
-            writer,
+            [writer],
             "stuck",
             Settings(deadline=8.0, read_timeout=30.0, allow_private_addresses=True),
         )  # a loopback server

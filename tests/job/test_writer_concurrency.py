@@ -71,20 +71,22 @@ def job(
     urls: Path,
     resume: bool = False,
     started: Callable[[], None] = lambda: None,
+    writers: int = 1,
 ) -> Counts:
     """What ``run_job`` does, with a short minute; ``started`` is called once the run's
     done lines are known."""
-    writer = WriterActor.remote(mongo_uri, db, 60.0, MINUTE)
-    done = ray.get(writer.start_run.remote(run_id, str(urls), resume))
+    running = [WriterActor.remote(mongo_uri, db, 60.0, MINUTE) for _ in range(writers)]
+    done = ray.get(running[0].start_run.remote(run_id, str(urls), resume))
     started()
-    counts = run_batches(read_lines(urls, done), writer, run_id, SETTINGS)
-    ray.get(writer.finish_run.remote(run_id))
+    counts = run_batches(read_lines(urls, done), running, run_id, SETTINGS)
+    ray.get(running[0].finish_run.remote(run_id))
     return counts
 
 
-@pytest.mark.parametrize("jobs", [2, 3])
+@pytest.mark.parametrize(("jobs", "writers"), [(2, 1), (3, 1), (2, 3)])
 def test_concurrent_jobs_on_one_database_keep_counters_exact(
     jobs: int,
+    writers: int,
     mongo_uri: str,
     db: Database,
     ray_local: None,
@@ -100,7 +102,8 @@ def test_concurrent_jobs_on_one_database_keep_counters_exact(
         # every job has written some: the jobs run at once however fast the machine.
         server.open.clear()
         futures = [
-            pool.submit(job, mongo_uri, db.name, f"job{n}", urls) for n, urls in enumerate(inputs)
+            pool.submit(job, mongo_uri, db.name, f"job{n}", urls, writers=writers)
+            for n, urls in enumerate(inputs)
         ]
         wait_for_events(db, {f"job{n}": 1 for n in range(jobs)})
         opened = utcnow()

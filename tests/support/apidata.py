@@ -3,7 +3,7 @@
 The writer actor is the only writer of a real database; this module writes the
 same shapes with pymongo (real PNGs made with Pillow, one stored in GridFS) so
 that the API can be tested on its own. Every API test gets its data from
-``fill`` only.
+``fill``, ``fill_minutes`` (a span of counters) or ``RunningRun`` (a run at work).
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ from bson import Binary
 from PIL import Image
 from pymongo.database import Database
 
-from itm.store import EVENTS, GRAY_BUCKET, IMAGES, MONITORING, RUNS, ensure_indexes
+from itm.store import (
+    EVENTS,
+    GRAY_BUCKET,
+    IMAGES,
+    MINUTE,
+    MONITORING,
+    RUNS,
+    ensure_indexes,
+    field_key,
+    floor_minute,
+)
 
 RUN_ID = "run-api-test"
 START = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)
@@ -148,3 +158,62 @@ def fill(db: Database) -> ApiData:
         }
     )
     return data
+
+
+def fill_minutes(db: Database, last: datetime, minutes: int) -> list[tuple[int, int]]:
+    """``minutes`` busy minutes of counters up to ``last`` (each with successes and
+    errors, as a long run leaves them); returns their (success, error), oldest first."""
+    ensure_indexes(db)
+    rng = np.random.default_rng(minutes)
+    counts = [(int(rng.integers(200, 560)), int(rng.integers(20, 100))) for _ in range(minutes)]
+    first = last - (minutes - 1) * MINUTE
+    db[MONITORING].insert_many(
+        [
+            {"minute": first + i * MINUTE, "success": success, "error": error}
+            for i, (success, error) in enumerate(counts)
+        ]
+    )
+    return counts
+
+
+class RunningRun:
+    """A run whose driver is alive, written as the writer actor writes one: its
+    document with a heartbeat, its minutes, its counters in each (``by_run``)."""
+
+    def __init__(self, db: Database, run_id: str, total: int) -> None:
+        ensure_indexes(db)
+        self.db, self.run_id = db, run_id
+        now = datetime.now(timezone.utc)
+        db[RUNS].insert_one(
+            {
+                "_id": run_id,
+                "input": "urls.txt",
+                "started_at": now,
+                "finished_at": None,
+                "total": total,
+                "minutes": [],
+                "heartbeat": now,
+                "session": {"started_at": now, "done": 0},
+                "in_flight": [],
+            }
+        )
+
+    def count(self, success: int, error: int) -> None:
+        """Lines that finished now (the errors timed out): counted in this minute, the
+        heartbeat beats."""
+        now = datetime.now(timezone.utc)
+        minute = floor_minute(now)
+        self.db[RUNS].update_one(
+            {"_id": self.run_id},
+            {"$addToSet": {"minutes": minute}, "$set": {"heartbeat": now}},
+        )
+        mine = f"by_run.{field_key(self.run_id)}"
+        inc = {"success": success, "error": error, "reasons.timeout": error}
+        inc |= {f"{mine}.{name}": n for name, n in inc.items()}
+        self.db[MONITORING].update_one({"minute": minute}, {"$inc": inc}, upsert=True)
+
+    def finish(self) -> None:
+        now = datetime.now(timezone.utc)
+        self.db[RUNS].update_one(
+            {"_id": self.run_id}, {"$set": {"finished_at": now, "heartbeat": now}}
+        )

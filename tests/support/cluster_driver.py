@@ -34,7 +34,7 @@ def main(address: str, mongo_uri: str, db: str, urls: str) -> None:
         allow_private_addresses=True,
     )  # the test's server is on loopback
     writer = WriterActor.options(resources={"writer": 1}).remote(mongo_uri, db)
-    counts = run_batches(read_lines(settings.urls, ()), writer, "cluster", settings)
+    counts = run_batches(read_lines(settings.urls, ()), [writer], "cluster", settings)
     print(json.dumps({"success": counts.success, "error": counts.error}))
 
 

@@ -10,6 +10,7 @@ import gzip
 import threading
 import time
 from email.utils import formatdate
+from urllib.parse import unquote
 
 from tests.support.servers import Handler, LocalServer, jpeg
 
@@ -47,8 +48,8 @@ class HostileHandler(Handler):
             self.reply(200, server.jpeg, "image/jpeg")
         elif path == "/gzip.jpg":  # a real image, gzip-encoded on the wire
             self.reply(200, gzip.compress(server.jpeg), "image/jpeg", {"Content-Encoding": "gzip"})
-        elif path == "/to":  # /to?<url>: a redirect anywhere
-            self.reply(302, headers={"Location": query})
+        elif path == "/to":  # /to?<url>: a redirect anywhere (bücher: UTF-8, as sent)
+            self.reply(302, headers={"Location": raw(query)})
         elif path == "/drip-status":
             self.drip(server, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
         elif path == "/drip-headers":
@@ -90,7 +91,11 @@ class HostileHandler(Handler):
                 self.reply(200, server.jpeg, "image/jpeg")
             else:
                 wait = formatdate(time.time() + 2, usegmt=True) if query == "date" else query
-                self.reply(503, b"busy", headers={"Retry-After": wait})
+                self.reply(503, b"busy", headers={"Retry-After": raw(wait)})
+        elif path == "/length":  # the image, its Content-Length header <query>, then EOF
+            self.head(200, {"Content-Length": raw(query), "Connection": "close"})
+            self.wfile.write(server.jpeg)
+            self.close_connection = True
         else:
             self.reply(404, b"Not found")
 
@@ -121,6 +126,12 @@ class HostileHandler(Handler):
             with server.lock:
                 server.flooded[self.path] = sent
         self.close_connection = True
+
+
+def raw(query: str) -> str:
+    """A header value from a query: its %XX escapes are written as those bytes
+    (``%B2``: the latin-1 ``²``; ``%C3%BC``: the UTF-8 ``ü``)."""
+    return unquote(query, encoding="latin-1")
 
 
 class HostileServer(LocalServer):

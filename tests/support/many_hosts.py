@@ -12,6 +12,7 @@ stops when its stdin closes (so it never outlives the test that started it).
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,7 @@ async def _serve(count: int) -> None:
     await asyncio.start_server(handle, hosts[1:], port)
     print(port, flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    os._exit(0)  # at once: the connections still open need no goodbye
 
 
 class ManyHosts:

@@ -5,9 +5,9 @@
 
 The workload (``--seed``): ``--lines`` lines over ``--hosts`` host names
 ``hNNN.itm-bench.test``, hosts drawn with a Zipf skew (s = 1: the first host gets
-~16% of 3,000 lines, half of the hosts 5 lines or fewer); 3% of the lines are
-404s, 1.5% 500s, 10% a 302 to another host (drawn the same way) that serves the
-photo; every other line a real photograph (``tests/support/photo_server.py``'s 9
+~15% of the lines, most hosts 5 lines or fewer); a line is a 404 with probability
+3%, a 500 with 1.5%, a 302 to another host (drawn the same way) that serves the
+photo with 10%; every other line a real photograph (``tests/support/photo_server.py``'s 9
 sample photos, center-cropped to 0.31-1.92 megapixels, smaller sizes more often,
 a quarter portrait; JPEG q85). Every response waits a latency drawn from a
 lognormal law of median 60 ms (sigma 1: ~3% over 400 ms, capped at 3 s). The answer
@@ -43,7 +43,9 @@ measured tree:
   address checks (urllib follows redirects to anywhere).
 
 The floor: md5 + decode + grayscale + PNG (itm's own functions) of every distinct
-image, in this process, weighted by how many lines get it, per line of the input.
+image, in this process, weighted by how many lines get it, per line of the input;
+beside it, the CPU of downloading alone (``download_cpu``). itm's row adds its
+phases and its Ray workers' CPU by the tasks and actors they ran.
 """
 
 from __future__ import annotations

@@ -29,6 +29,8 @@ is compared with a clean run's.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import os
 import re
 import statistics
@@ -187,10 +189,32 @@ class Measure:
     cpu: dict[str, float] = field(default_factory=dict)  # seconds per process kind
     workers: int = 0
     stdout: list[tuple[float, str]] = field(default_factory=list)  # (seconds, line)
+    # pid: (kind, most fds seen, fds and sockets at its last sample), for FD_KINDS
+    fds: dict[int, tuple[str, int, int, int]] = field(default_factory=dict)
+    # Ray worker pid: its CPU seconds, and the tasks and actors it was seen running
+    worker_cpu: dict[int, float] = field(default_factory=dict)
+    roles: dict[int, set[str]] = field(default_factory=dict)
 
     @property
     def cpu_total(self) -> float:
         return sum(self.cpu.values())
+
+    def cpu_by_role(self) -> dict[str, float]:
+        """CPU seconds of the Ray workers, by the tasks and actors each ran."""
+        roles: dict[str, float] = {}
+        for pid, seconds in self.worker_cpu.items():
+            label = "+".join(sorted(self.roles.get(pid, {"IDLE"})))
+            roles[label] = roles.get(label, 0.0) + seconds
+        return roles
+
+    def fds_peak(self) -> int:
+        """The most file descriptors one process of the pipeline held at a sample."""
+        return max((peak for _, peak, _, _ in self.fds.values()), default=0)
+
+    def fds_end(self) -> tuple[int, int]:
+        """(fds, sockets) at its last sample of the process that then held most sockets:
+        what a long-lived download worker still holds when the job ends."""
+        return max(((fds, sockets) for *_, fds, sockets in self.fds.values()), key=lambda x: x[1])
 
 
 def _kind(cmdline: list[str], root: bool) -> str:
@@ -207,7 +231,24 @@ def _kind(cmdline: list[str], root: bool) -> str:
     return "pool processes" if "multiprocessing" in text or "bench_pipeline" in text else "other"
 
 
+# The processes that do a pipeline's work, whose file descriptors are counted.
+FD_KINDS = ("driver", "ray workers", "pool processes", "other")
+
+
+def _fds(pid: int) -> tuple[int, int]:
+    """Open file descriptors of a process, and how many of them are sockets."""
+    folder = f"/proc/{pid}/fd"
+    names = os.listdir(folder)
+    sockets = 0
+    for name in names:
+        with contextlib.suppress(OSError):
+            sockets += os.readlink(f"{folder}/{name}").startswith("socket:")
+    return len(names), sockets
+
+
 def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measure:
+    """Wall, CPU per process kind, Ray workers started (every 0.1 s) and file
+    descriptors of the working processes (every 0.5 s) of ``command``'s process tree."""
     result = Measure()
     started = time.perf_counter()
     errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read after the process ends)
@@ -230,7 +271,9 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
     seen: dict[int, tuple[str, float]] = {}
     workers: set[int] = set()
     root = psutil.Process(proc.pid)
-    while proc.poll() is None:
+    for sample in itertools.count():
+        if proc.poll() is not None:
+            break
         try:
             tree = [root, *root.children(recursive=True)]
         except psutil.NoSuchProcess:
@@ -241,16 +284,31 @@ def measure(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> Measur
                     cmdline, times = member.cmdline(), member.cpu_times()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            kind = _kind(cmdline, member.pid == proc.pid)
+            if not cmdline and member.pid in seen:  # an exiting process shows none
+                kind = seen[member.pid][0]
+            else:
+                kind = _kind(cmdline, member.pid == proc.pid)
             seen[member.pid] = (kind, times.user + times.system)
             if kind == "ray workers":
                 workers.add(member.pid)
+                role = cmdline[0].split()[0] if cmdline else ""
+                if role.startswith("ray::") and role != "ray::IDLE":
+                    # ray::name:Class.method -> Class (a task: its function's name)
+                    role = role.removeprefix("ray::").split(".")[0].split(":")[-1]
+                    result.roles.setdefault(member.pid, set()).add(role)
+            if kind in FD_KINDS and sample % 5 == 0:
+                with contextlib.suppress(OSError):
+                    fds, sockets = _fds(member.pid)
+                    peak = max(fds, result.fds.get(member.pid, ("", 0))[1])
+                    result.fds[member.pid] = (kind, peak, fds, sockets)
         time.sleep(0.1)
     proc.wait()
     result.wall = time.perf_counter() - started
     reader.join(5)
-    for kind, seconds in seen.values():
+    for pid, (kind, seconds) in seen.items():
         result.cpu[kind] = result.cpu.get(kind, 0.0) + seconds
+        if kind == "ray workers":
+            result.worker_cpu[pid] = seconds
     result.workers = len(workers)
     if proc.returncode:
         errors.seek(0)
@@ -378,17 +436,19 @@ def run(
     extra: tuple[str, ...] = (),
     itm_root: Path = ROOT,
     data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Result:
     """One pipeline as its own process, on a fresh database ``db`` of the server at
     ``uri``; itm alone may instead run on the embedded server of ``data_dir``
-    (``uri`` None, ``db`` a name), which the benchmark then opens to read the events."""
+    (``uri`` None, ``db`` a name), which the benchmark then opens to read the events.
+    ``env`` is added last to the process's environment."""
     if isinstance(db, Database):
         db.client.drop_database(db.name)
     db_name = db if isinstance(db, str) else db.name
-    env = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1", "PYTHONPATH": str(ROOT)}
+    environ = os.environ | LOCAL_ENV | {"ITM_ALLOW_PRIVATE_ADDRESSES": "1", "PYTHONPATH": str(ROOT)}
     if name == "itm":
-        env["PYTHONPATH"] = str(itm_root)
-        env |= ITM_ENV
+        environ["PYTHONPATH"] = str(itm_root)
+        environ |= ITM_ENV
         where = ("--mongo-uri", uri) if uri else ("--data-dir", str(data_dir))
         command = [
             sys.executable,
@@ -416,9 +476,10 @@ def run(
             "--db",
             db_name,
         ]
+    environ |= env or {}
     started = datetime.now(timezone.utc)
     # Python puts the working directory first on sys.path: itm runs from its own checkout.
-    measured = measure(command, env, itm_root if name == "itm" else ROOT)
+    measured = measure(command, environ, itm_root if name == "itm" else ROOT)
     job = None
     for _, line in measured.stdout:
         if match := re.match(r"run \S+: (\d+) lines in ([\d.]+) s", line):

@@ -71,13 +71,16 @@ class CA:
         subprocess.run(["openssl", "rehash", str(folder)], check=True)
         return folder
 
-    def issue(self, name: str = "server") -> tuple[Path, Path]:
-        """A certificate for localhost and 127.0.0.1: (certificate, key) files."""
+    def issue(
+        self, name: str = "server", hosts: tuple[str, ...] = ("localhost",)
+    ) -> tuple[Path, Path]:
+        """A certificate for ``hosts`` (``*.example`` covers one label) and 127.0.0.1:
+        (certificate, key) files."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
             .issuer_name(self.name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -86,7 +89,7 @@ class CA:
             .add_extension(
                 x509.SubjectAlternativeName(
                     [
-                        x509.DNSName("localhost"),
+                        *(x509.DNSName(host) for host in hosts),
                         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                     ]
                 ),

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 import re
 import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from typing import SupportsIndex
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
@@ -57,12 +59,21 @@ _BOMB = re.compile(r"\((\d+) pixels\)")
 
 @dataclass(frozen=True)
 class GrayImage:
-    """The stored form of an image: its grayscale PNG and the size after EXIF orientation."""
+    """The stored form of an image: its grayscale PNG and the size after EXIF orientation.
+
+    Pickled with the PNG out of band: a process that reads a group of them from Ray's
+    object store maps the PNGs in place instead of copying each one (a writer reads a
+    whole group to store its share of it), so there ``png`` is a read-only buffer.
+    """
 
     png: bytes
     width: int
     height: int
     mode: str  # "L", or "LA" when the source has transparency
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> tuple[object, ...]:
+        png: object = pickle.PickleBuffer(self.png) if int(protocol) >= 5 else self.png
+        return (GrayImage, (png, self.width, self.height, self.mode))
 
 
 def _buffer(data: bytes | memoryview | np.ndarray) -> bytes | memoryview:

@@ -311,14 +311,18 @@ class _Driver:
             waitables = [*self.routing, *self.writing]
             if has_room:
                 waitables += self.downloading
-            ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
+            # Everything ready at once, else a wait for the first: one pass for many results.
+            ready, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0, fetch_local=False)
+            if not ready:
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
             now = time.monotonic()
             for chunk in self.downloading.values():
                 if not has_room:  # the task waits on us, not on the network
                     chunk.quiet_since = now
             for ref in ready:
                 if isinstance(ref, ObjectRefGenerator):
-                    self._take_group(ref)
+                    if self.groups < self.groups_cap:  # else it is taken in a later pass
+                        self._take_group(ref)
                 elif ref in self.routing:
                     self._route(ref)
                 else:

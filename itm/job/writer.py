@@ -51,7 +51,7 @@ from typing import Any, TypeVar
 
 import gridfs
 import ray
-from bson import Binary, ObjectId
+from bson import ObjectId
 from bson.errors import BSONError
 from pymongo import InsertOne, UpdateOne
 from pymongo.collection import Collection
@@ -499,9 +499,12 @@ class MongoWriter:
         return firsts, refused
 
     def _png_field(self, md5: str, png: bytes) -> dict[str, object]:
-        """The PNG in the document, or in GridFS when it would not fit in one."""
+        """The PNG in the document, or in GridFS when it would not fit in one. It arrives
+        as a buffer over the object store (``GrayImage``): one copy, into the bytes that
+        BSON takes (binary subtype 0, as ``Binary`` would store it)."""
+        png = bytes(png)
         if len(png) <= store.MAX_INLINE_PNG:
-            return {"gray": Binary(png)}
+            return {"gray": png}
         return {"gray_id": self._store_large_png(md5, png)}
 
     def _store_large_png(self, md5: str, png: bytes) -> str:

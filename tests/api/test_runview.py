@@ -6,28 +6,17 @@ process, a local picsum, the API through FastAPI's TestClient.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 from pymongo.database import Database
 
-from itm.api import create_app
 from itm.api.runview import STALE_AFTER, status
-from itm.config import Settings
-from tests.support.apiclient import api_client
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumServer
 from tests.support.waiting import wait_until
-
-
-@pytest.fixture
-def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
-    with api_client(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
-        yield test_client
 
 
 def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(

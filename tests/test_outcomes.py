@@ -1,4 +1,5 @@
-"""One registry of reasons: the code raises only ``Reason`` members, each one described."""
+"""One registry of reasons: the code raises only ``Reason`` members, each one described;
+``--reasons`` names them, their statuses or their classes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every route of the API and every error path, through FastAPI's TestClient on real MongoDB."""
+"""The app (``itm/api/app.py``): every route, negotiation, overload control and every error
+path, through FastAPI's TestClient on real MongoDB."""
 
 from __future__ import annotations
 

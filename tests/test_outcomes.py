@@ -1,10 +1,13 @@
-"""One registry of reasons: the code raises only ``Reason`` members, each one described."""
+"""One registry of reasons: the code raises only ``Reason`` members, each one described;
+``--reasons`` names them, their statuses or their classes."""
 
 from __future__ import annotations
 
 import ast
 
-from itm.outcomes import Failure, Reason, describe, parse_reasons
+import pytest
+
+from itm.outcomes import Failure, Reason, describe, parse_reasons, reason_filter
 from tests.support.jobs import ROOT
 
 
@@ -50,3 +53,22 @@ def test_a_failure_carries_the_plain_value() -> None:
     assert describe("http_404") == Reason.HTTP.description
     assert describe("timeout") == Reason.TIMEOUT.description
     assert describe("mystery") == ""
+
+
+def test_reasons_name_registered_reasons_statuses_or_classes() -> None:
+    assert parse_reasons(" timeout, http_503,http_5xx ") == ["timeout", "http_503", "http_5xx"]
+    for bad in ("", "http_600", "http_5x", "timeouts", "http_<status>"):
+        with pytest.raises(ValueError, match="valid: "):
+            parse_reasons(bad)
+
+
+def test_a_reason_filter_takes_names_statuses_and_classes() -> None:
+    wanted = reason_filter(["timeout", "http_404", "http_5xx"])
+    assert [
+        r for r in ("timeout", "http_404", "http_403", "http_503", "http_5xx") if wanted(r)
+    ] == [
+        "timeout",
+        "http_404",
+        "http_503",
+    ]
+    assert not wanted("connection_error") and reason_filter(None)("anything")

@@ -6,20 +6,18 @@ uvicorn socket (a rebinding page's request is an ordinary request with a foreign
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from pymongo.database import Database
 
 from itm.api import create_app
 from itm.api.guard import allowed_names, host_allowed
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from tests.support.apiclient import api_client
-from tests.support.apidata import ApiData, fill
+from tests.support.apidata import ApiData
 from tests.support.liveserver import live_server
 
 DEFAULT = allowed_names(Settings())
@@ -72,17 +70,6 @@ def test_more_names_come_from_the_settings() -> None:
         assert not host_allowed(host, names), host
     assert host_allowed("anything.example", allowed_names(Settings(api_allowed_hosts="*")))
     assert allowed_names(Settings(host="0.0.0.0")) == {"localhost"}  # an address, not a name
-
-
-@pytest.fixture
-def data(db: Database) -> ApiData:
-    return fill(db)
-
-
-@pytest.fixture
-def client(mongo_uri: str, db_name: str) -> Iterator[TestClient]:
-    with api_client(create_app(Settings(mongo_uri=mongo_uri, db=db_name))) as test_client:
-        yield test_client
 
 
 def paths(data: ApiData) -> list[str]:

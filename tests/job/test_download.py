@@ -13,6 +13,7 @@ from itm.embedded import free_port
 from itm.job.download import fetch
 from itm.outcomes import Failure
 from tests.support.servers import FaultServer
+from tests.support.waiting import SLACK
 
 # The test servers are on loopback: opted in to private addresses, explicitly.
 SETTINGS = Settings(
@@ -73,13 +74,13 @@ def test_connection_closed_without_answer(server: FaultServer) -> None:
 def test_stalled_body_hits_the_read_timeout(server: FaultServer) -> None:
     started = time.monotonic()
     assert reason_of(f"{server.url}/stall") == "timeout"
-    assert time.monotonic() - started < SETTINGS.deadline + 1
+    assert time.monotonic() - started < SETTINGS.deadline + SLACK
 
 
 def test_dripping_body_hits_the_total_deadline(server: FaultServer) -> None:
     started = time.monotonic()
     assert reason_of(f"{server.url}/slow-body") == "timeout"
-    assert time.monotonic() - started < SETTINGS.deadline + 1
+    assert time.monotonic() - started < SETTINGS.deadline + SLACK
 
 
 @pytest.mark.parametrize("path", ["/big", "/big-no-length"])

@@ -1,13 +1,11 @@
-"""LineSet (ranges of line numbers) and the input fingerprint: pure functions."""
+"""LineSet, the ranges of line numbers a run has done: a pure data type."""
 
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import pytest
 
-from itm.job.fingerprint import MIB, fingerprint
 from itm.job.lineset import LineSet
 
 
@@ -32,15 +30,3 @@ def test_a_million_contiguous_lines_are_one_range() -> None:
 def test_a_lineset_wants_ascending_numbers() -> None:
     with pytest.raises(ValueError):
         LineSet.of([5, 6, 2])
-
-
-def test_the_fingerprint_sees_a_change_at_either_end_or_in_size(tmp_path: Path) -> None:
-    path = tmp_path / "urls.txt"
-    body = b"http://example.test/a\n" * (MIB // 10)  # over two MiB
-    path.write_bytes(body)
-    original = fingerprint(path)
-    assert original == fingerprint(path)
-    assert original["size"] == len(body)
-    for changed in (b"X" + body[1:], body[:-2] + b"X\n", body + b"more\n"):
-        path.write_bytes(changed)
-        assert fingerprint(path) != original

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -11,6 +10,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from itm.embedded import free_port
+from tests.support.waiting import wait_until
 
 
 @contextmanager
@@ -20,11 +20,9 @@ def live_server(app: FastAPI, timeout: float = 20.0) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, name="live-uvicorn", daemon=True)
     thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the live uvicorn server did not start")
-        time.sleep(0.02)
+    wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start", timeout, 0.02)
+    if not server.started:
+        raise RuntimeError("the live uvicorn server did not start")
     try:
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+# A timing assertion checks a deadline that is the behaviour under test, and allows a
+# loaded machine this much beyond it: it fails on a hang, not on a busy CI runner.
+SLACK = 10.0
+# ...and this much to a whole job, which starts Ray, its writer and its workers first.
+JOB_SLACK = 60.0
+
 
 def wait_until(
     condition: Callable[[], object], what: str, timeout: float = 120.0, every: float = 0.05

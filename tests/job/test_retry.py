@@ -1,4 +1,4 @@
-"""Re-running what failed (``--retry-failed``, ``--reasons``) and the runs in the API.
+"""Re-running what failed (``--retry-failed``, ``--reasons``): itm/job/retry.py.
 
 Real parts: the session's SecantusDB and local Ray, ``python -m itm.run`` in this
 process, a local picsum that records every path asked of it, the API through
@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -19,17 +17,15 @@ from fastapi.testclient import TestClient
 from pymongo.database import Database
 
 from itm.api import create_app
-from itm.api.runview import STALE_AFTER, status
 from itm.config import Settings
 from itm.job.fingerprint import fingerprint
 from itm.job.retry import Retry, merge
 from itm.job.writer import MongoWriter
-from itm.outcomes import Failure, parse_reasons, reason_filter
+from itm.outcomes import Failure
 from tests.support.apiclient import api_client
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
 from tests.support.servers import PicsumHandler, PicsumServer
-from tests.support.waiting import wait_until
 
 LINES = 40
 
@@ -186,69 +182,6 @@ def test_a_resumed_retry_processes_the_failed_lines_it_has_not_done(
     assert run_itm(mongo_uri, db.name, urls, "--resume", "retry") == 0
     assert picsum.take() == sorted(path_of(lines[n - 1]) for n in todo[3:])
     assert_consistent(db, {first: LINES, "retry": todo})
-
-
-def test_a_running_run_shows_its_progress_and_oldest_lines_in_flight(
-    mongo_uri: str,
-    db: Database,
-    ray_local: None,
-    tmp_path: Path,
-    client: TestClient,
-) -> None:
-    with PicsumServer(photos=2) as server, ThreadPoolExecutor(1) as pool:
-        server.open.clear()  # every download waits at the server: the job is held mid-run
-        urls = write_urls(tmp_path, [f"{server.url}/8/{n}" for n in range(1, 21)])
-        job = pool.submit(run_itm, mongo_uri, db.name, urls)
-        try:
-
-            def in_flight() -> bool:
-                assert not job.done(), "the job ended while the server held it"
-                return db.runs.find_one({"in_flight.0": {"$exists": True}}) is not None
-
-            wait_until(in_flight, "a line in flight")
-            (run,) = client.get("/runs").json()["items"]
-            assert run["status"] == "running" and run["finished_at"] is None
-            assert run["progress"]["total"] == 20 and run["progress"]["done"] == 0
-            assert run["progress"]["rate"] == 0.0 and run["progress"]["eta_seconds"] is None
-            oldest = run["in_flight"]
-            assert [line["line"] for line in oldest] == [1, 2, 3, 4, 5]
-            assert oldest[0]["url"] == f"{server.url}/8/1" and oldest[0]["seconds"] >= 0
-            page = client.get("/").text
-            assert "running" in page
-            assert '<meta http-equiv="refresh"' in page  # the dashboard follows the run
-        finally:
-            server.open.set()
-        assert job.result() == 0
-    run = client.get(f"/runs/{run['id']}").json()
-    assert run["status"] == "finished" and run["in_flight"] == []
-    assert run["progress"]["done"] == 20 and run["totals"]["success"] == 20
-
-
-def test_a_run_without_a_heartbeat_is_interrupted() -> None:
-    now = datetime(2026, 1, 2, tzinfo=timezone.utc)
-    assert status({"finished_at": now}, now) == "finished"
-    assert status({"finished_at": None, "heartbeat": now - STALE_AFTER}, now) == "running"
-    late = now - STALE_AFTER - timedelta(seconds=1)
-    assert status({"finished_at": None, "heartbeat": late}, now) == "interrupted"
-
-
-def test_reasons_name_registered_reasons_statuses_or_classes() -> None:
-    assert parse_reasons(" timeout, http_503,http_5xx ") == ["timeout", "http_503", "http_5xx"]
-    for bad in ("", "http_600", "http_5x", "timeouts", "http_<status>"):
-        with pytest.raises(ValueError, match="valid: "):
-            parse_reasons(bad)
-
-
-def test_a_reason_filter_takes_names_statuses_and_classes() -> None:
-    wanted = reason_filter(["timeout", "http_404", "http_5xx"])
-    assert [
-        r for r in ("timeout", "http_404", "http_403", "http_503", "http_5xx") if wanted(r)
-    ] == [
-        "timeout",
-        "http_404",
-        "http_503",
-    ]
-    assert not wanted("connection_error") and reason_filter(None)("anything")
 
 
 def test_a_retry_reads_the_same_failed_lines_before_and_after_its_run_finished(

@@ -105,7 +105,7 @@ def test_a_host_that_keeps_refusing_is_backed_off(gate: LocalGate, server: HostS
         with pytest.raises(Failure):
             polite(server.at(host, f"/status/503?{n}"), no_retry, gate)
     # The refusals reach the actor with the slots given back, unawaited: wait for them.
-    wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"], "backed off", 10)
+    wait_until(lambda: host in ray.get(gate.actor.stats.remote())["backed_off"], "backed off")
     assert polite(server.at(host, "/img/3"), no_retry, gate) == server.jpeg
     # The next start waits the first pause after the last refused one.
     assert server.times["/img/3"][0] - started >= BACKOFF_FIRST

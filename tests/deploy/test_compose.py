@@ -1,60 +1,38 @@
-"""The deployment files, checked offline with the real tools that will read them.
+"""docker-compose.yml and .env.example, checked offline with the real tools that read them.
 
-- docker-compose.yml: parsed, interpolated and validated by Docker Compose itself
-  (`docker-compose config`), then its wiring checked on what Compose resolved.
-- cluster.yaml / cluster.local.yaml: Ray's own cluster-config preparation (defaults
-  filled in) and JSON-schema validation, as `ray up` does before it launches anything.
-- Dockerfile: hadolint. .dockerignore: the Docker SDK's own context matcher.
-- Every `ray start` / `ray job submit` / `python -m itm.run` command line in these
-  files: parsed by the real command-line parsers (Ray's click commands, itm's argparse).
+The compose file is parsed, interpolated and validated by Docker Compose itself
+(`docker-compose config`), then its wiring checked on what Compose resolved. Every
+`ray start` / `ray job submit` / `python -m itm.run` command line in it is parsed by
+the real command-line parsers (Ray's click commands, itm's argparse).
 
-No Docker engine, cloud account or SSH host is needed; the tools must be installed
-(.ci/run installs them): a missing tool fails these tests, it does not skip them.
+No Docker engine is needed; docker-compose must be installed (.ci/run installs it):
+a missing tool fails these tests, it does not skip them.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import sysconfig
-import warnings
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
 from pymongo.uri_parser import parse_uri
 
-pytestmark = pytest.mark.external  # docker-compose and hadolint
+from tests.support.deploy import parse_ray, tool
+from tests.support.jobs import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.external  # docker-compose
+
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-CLUSTER_FILES = ("cluster.yaml", "cluster.local.yaml")
 SERVICES = {"mongo", "ray-head", "ray-worker", "job", "api", "mongo-express"}
 PASSWORDS = ("MONGO_INITDB_ROOT_PASSWORD", "ITM_JOB_MONGO_PASSWORD", "ITM_API_MONGO_PASSWORD")
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def tool(name: str) -> str:
-    """The path of a command-line tool, or a test failure saying how to get it."""
-    candidates = [Path(sysconfig.get_path("scripts")) / name, Path(sys.executable).parent / name]
-    for candidate in candidates:
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"`{name}` is not installed; .ci/run installs it (see the test module's doc)")
-    return found
 
 
 def clean_env() -> dict[str, str]:
@@ -99,30 +77,6 @@ def command_argv(service: dict[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else list(command)
 
 
-def ray_command(*path: str) -> click.Command:
-    """A subcommand of Ray's real `ray` CLI, e.g. ``ray_command("job", "submit")``."""
-    with warnings.catch_warnings():  # Ray's own imports warn (pydantic deprecations)
-        warnings.simplefilter("ignore")
-        from ray.scripts.scripts import cli
-
-    command: click.Command = cli
-    for name in path:
-        assert isinstance(command, click.Group)
-        command = command.commands[name]
-    return command
-
-
-def parse_ray(argv: list[str]) -> dict[str, Any]:
-    """Parse `ray start …` or `ray job submit …` with Ray's own click commands.
-
-    Unknown options and bad values raise ``click.UsageError``: nothing is run.
-    """
-    assert argv[0] == "ray", argv
-    path = ("job", "submit") if argv[1] == "job" else (argv[1],)
-    rest = argv[1 + len(path) :]
-    return ray_command(*path).make_context("ray " + " ".join(path), rest).params
-
-
 def parse_itm_run(argv: list[str]):
     """Parse `python -m itm.run …` with itm's own flag parser (no ITM_* variables)."""
     from itm.config import Settings
@@ -153,15 +107,6 @@ def size_bytes(text: str) -> int:
     match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(text).strip().lower())
     assert match, text
     return int(match[1]) * 1024 ** " kmg".index(match[2] or " ")
-
-
-def ray_pin() -> str:
-    """The exact Ray version pyproject.toml pins."""
-    (pin,) = re.findall(r'"ray(?:\[[^\]]*\])?==([^"]+)"', (ROOT / "pyproject.toml").read_text())
-    return pin
-
-
-# --------------------------------------------------------------------- docker compose
 
 
 @pytest.fixture(scope="module")
@@ -449,294 +394,3 @@ def test_itm_services_share_the_dockerfile_image(resolved: dict[str, Any]) -> No
     for name in names:
         assert Path(services[name]["build"]["context"]) == ROOT
         assert services[name]["init"] is True, "tini forwards signals to ray/python"
-
-
-# ------------------------------------------------------------------ Dockerfile, context
-
-
-def test_hadolint_passes_on_the_dockerfile() -> None:
-    result = subprocess.run(
-        [tool("hadolint"), "--no-color", "--failure-threshold", "style", "Dockerfile"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.strip() == ""
-
-
-def test_hadolint_does_fail_a_bad_dockerfile() -> None:
-    """The control: the linter the test above trusts really reports problems."""
-    bad = "FROM python:latest\nRUN apt-get install curl\nRUN cd /tmp\n"
-    result = subprocess.run(
-        [tool("hadolint"), "--no-color", "-"],
-        input=bad,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "DL3007" in result.stdout and "DL3008" in result.stdout
-
-
-def test_every_hadolint_ignore_is_justified() -> None:
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    for i, line in enumerate(lines):
-        if "hadolint ignore" in line:
-            before = lines[i - 1].strip() if i else ""
-            assert before.startswith("#") and "hadolint" not in before, (
-                f"line {i + 1}: explain the ignored rule in a comment just above it"
-            )
-
-
-def dockerfile_stages() -> list[list[str]]:
-    """The Dockerfile's instructions (continuations joined), split by FROM."""
-    text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
-    stages: list[list[str]] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.upper().startswith("FROM "):
-            stages.append([])
-        stages[-1].append(line)
-    return stages
-
-
-def test_dockerfile_final_stage_is_slim_unprivileged_and_without_build_tools() -> None:
-    stages = dockerfile_stages()
-    assert len(stages) >= 2, "multi-stage"
-    final = stages[-1]
-    assert re.fullmatch(r"FROM python:3\.11-slim\S*", final[0])
-    users = [line.split()[1] for line in final if line.upper().startswith("USER ")]
-    assert users and users[-1].split(":")[0] not in {"root", "0"}
-    body = "\n".join(final)
-    assert not re.search(r"\b(gcc|g\+\+|build-essential|make|cmake|git)\b", body)
-    assert "COPY --from=build /opt/itm /opt/itm" in body
-    assert "ITM_HOST=0.0.0.0" in body
-    build = "\n".join(stages[0])
-    assert f"ray.__version__ == '{ray_pin()}'" in build
-    # The dependency layer's stub package must go with its build tree, or the stale
-    # stub itm/__init__.py ends up in the image instead of the real one.
-    (stub,) = [line for line in stages[0] if "pip uninstall --yes itm" in line]
-    assert re.search(r"rm -rf [^&]*\bbuild\b", stub), stub
-
-
-def docker_context_matcher():
-    """The Docker SDK's own .dockerignore matcher (docker-py, which docker-compose uses)."""
-    try:
-        from docker.utils.build import exclude_paths  # type: ignore[import-not-found]
-
-        return lambda root, patterns: set(exclude_paths(root, patterns))
-    except ImportError:
-        pass
-    shebang = Path(tool("docker-compose")).read_text(errors="replace").splitlines()[0]
-    assert shebang.startswith("#!"), "docker-compose is not the Python (v1) one"
-    interpreter = shebang[2:].strip().split()
-
-    def match(root: str, patterns: list[str]) -> set[str]:
-        code = (
-            "import json, sys\nfrom docker.utils.build import exclude_paths\n"
-            "print(json.dumps(sorted(exclude_paths(sys.argv[1], json.loads(sys.argv[2])))))"
-        )
-        import json
-
-        out = subprocess.run(
-            [*interpreter, "-c", code, root, json.dumps(patterns)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout
-        return set(json.loads(out))
-
-    return match
-
-
-def test_dockerignore_sends_what_the_dockerfile_copies_and_no_secret(tmp_path: Path) -> None:
-    sources = {
-        src.rstrip("/")
-        for stage in dockerfile_stages()
-        for line in stage
-        if line.upper().startswith("COPY ") and "--from=" not in line
-        for src in [w for w in line.split()[1:-1] if not w.startswith("--")]
-    }
-    assert {"pyproject.toml", "itm", "urls.txt"} <= sources
-    tree = {
-        **{f"{s}/__init__.py" if s == "itm" else s: "x" for s in sources},
-        "itm/__pycache__/run.cpython-311.pyc": "x",
-        ".env": "MONGO_INITDB_ROOT_PASSWORD=secret",
-        "cluster.env": "ITM_MONGO_URI=secret",
-        ".git/config": "x",
-        ".itm/mongo/collection.wt": "x",
-        ".venv/bin/python": "x",
-        "tests/test_x.py": "x",
-        "notebooks/n.ipynb": "x",
-    }
-    for rel, content in tree.items():
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text(content)
-    patterns = [
-        line.strip()
-        for line in (ROOT / ".dockerignore").read_text().splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
-    sent = docker_context_matcher()(str(tmp_path), patterns)
-    missing = {s for s in sources if s not in sent}
-    assert not missing, f"COPY sources left out of the build context: {missing}"
-    assert "itm/__init__.py" in sent
-    leaked = {
-        p
-        for p in sent
-        if p.split("/")[0] in {".env", "cluster.env", ".git", ".itm", ".venv", "tests", "notebooks"}
-    }
-    assert not leaked and not any("__pycache__" in p for p in sent), leaked
-
-
-# ------------------------------------------------------------------- ray cluster configs
-
-
-def load_cluster(name: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / name).read_text())
-
-
-def prepare(config: dict[str, Any]) -> dict[str, Any]:
-    """What `ray up` does to a config before launching anything: Ray's own code."""
-    from ray.autoscaler._private.util import prepare_config, validate_config
-
-    prepared = prepare_config(copy.deepcopy(config))
-    validate_config(prepared)
-    return prepared
-
-
-@pytest.mark.parametrize("name", CLUSTER_FILES)
-def test_cluster_config_passes_rays_validation(name: str) -> None:
-    config = load_cluster(name)
-    prepared = prepare(config)
-    node_types = prepared["available_node_types"]
-    head_type = prepared["head_node_type"]
-    assert head_type in node_types
-    workers = [t for t in node_types.values() if t is not node_types[head_type]] or [
-        node_types[head_type]
-    ]
-    assert sum(t["min_workers"] for t in workers) >= 1, "at least one worker node from the start"
-    assert all(t["min_workers"] <= t["max_workers"] <= prepared["max_workers"] for t in workers)
-    # Our commands replaced Ray's defaults (which would install another Ray).
-    assert prepared["head_start_ray_commands"] == config["head_start_ray_commands"]
-    assert prepared["worker_start_ray_commands"] == config["worker_start_ray_commands"]
-    assert prepared["setup_commands"] == config["setup_commands"]
-
-
-@pytest.mark.parametrize("name", CLUSTER_FILES)
-def test_rays_validation_rejects_a_broken_variant(name: str) -> None:
-    """The control: the validation above really checks the schema."""
-    import jsonschema
-
-    broken = load_cluster(name)
-    broken["idle_timeout_minutes"] = "ten"
-    with pytest.raises(jsonschema.ValidationError):
-        prepare(broken)
-
-
-def test_aws_node_types_are_complete() -> None:
-    config = load_cluster("cluster.yaml")
-    assert config["provider"]["type"] == "aws" and config["provider"]["region"]
-    for name, node_type in config["available_node_types"].items():
-        node = node_type["node_config"]
-        assert node.get("InstanceType"), name
-        assert node.get("ImageId", "").startswith(("ami-", "resolve:ssm:")), name
-        assert "resources" in node_type, f"{name}: the schema requires it ({{}}: autodetect)"
-
-
-def test_local_config_lists_its_machines() -> None:
-    provider = load_cluster("cluster.local.yaml")["provider"]
-    assert provider["type"] == "local"
-    assert provider["head_ip"] and provider["worker_ips"]
-    assert provider["head_ip"] not in provider["worker_ips"]
-
-
-@pytest.mark.parametrize("name", CLUSTER_FILES)
-def test_cluster_installs_this_checkout_with_the_pinned_ray(name: str) -> None:
-    config = load_cluster(name)
-    target = next(remote for remote, local in config["file_mounts"].items() if local == ".")
-    setup = "\n".join(config["setup_commands"])
-    assert f'"ray[serve]=={ray_pin()}" {target}' in setup
-    for excluded in (".git", ".itm", ".venv"):
-        assert excluded in config["rsync_exclude"]
-
-
-@pytest.mark.parametrize("name", CLUSTER_FILES)
-def test_every_cluster_command_is_valid_shell(name: str) -> None:
-    config = load_cluster(name)
-    keys = [k for k in config if k.endswith("_commands")]
-    assert {"setup_commands", "head_start_ray_commands", "worker_start_ray_commands"} <= set(keys)
-    for key in keys:
-        for command in config[key]:
-            result = subprocess.run(
-                ["bash", "-n", "-c", command], capture_output=True, text=True, check=False
-            )
-            assert result.returncode == 0, (key, command, result.stderr)
-
-
-def start_command(config: dict[str, Any], key: str) -> tuple[str, list[str]]:
-    """(the shell before `ray start`, the `ray start` argv) of a start command."""
-    (command,) = [c for c in config[key] if "ray start" in c]
-    prefix, _, start = command.partition("&& ray start")
-    return prefix.strip(), ["ray", "start", *shlex.split(start)]
-
-
-@pytest.mark.parametrize("name", CLUSTER_FILES)
-def test_cluster_start_commands_parse_and_match(name: str) -> None:
-    config = load_cluster(name)
-    _, head_argv = start_command(config, "head_start_ray_commands")
-    _, worker_argv = start_command(config, "worker_start_ray_commands")
-    head, worker = parse_ray(head_argv), parse_ray(worker_argv)
-    # The dashboard runs submitted jobs: loopback only, reached through `ray dashboard`.
-    assert head["head"] and head["dashboard_host"] == "127.0.0.1"
-    assert head["autoscaling_config"] == "~/ray_bootstrap_config.yaml"
-    assert worker["address"] == f"$RAY_HEAD_IP:{head['port']}"
-    # AWS and on-prem nodes start the same way.
-    other = load_cluster(next(n for n in CLUSTER_FILES if n != name))
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        assert config[key] == other[key]
-
-
-def test_cluster_start_loads_cluster_env_before_ray(tmp_path: Path) -> None:
-    """Run the real shell prefix of the start commands with the documented cluster.env."""
-    config = load_cluster("cluster.yaml")
-    home = tmp_path / "home"
-    (home / "itm").mkdir(parents=True)
-    shutil.copy(ROOT / "cluster.env.example", home / "itm" / "cluster.env")
-    expected = subprocess.run(
-        ["bash", "-c", 'set -a; . ./cluster.env.example; printf %s "$ITM_MONGO_URI"'],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "&" in expected and expected.startswith("mongodb"), expected
-    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        prefix, _ = start_command(config, key)
-        probe = prefix + ' && printf "%s\\n%s\\n%s" "$ITM_MONGO_URI" "$ITM_HOST" "$PATH"'
-        out = subprocess.run(
-            ["bash", "-c", probe], env=env, capture_output=True, text=True, check=False
-        )
-        assert out.returncode == 0, out.stderr
-        uri, host, path = out.stdout.split("\n")
-        assert uri == expected and host == "0.0.0.0"
-        assert path.startswith(f"{home}/itm-venv/bin:")
-    # Without cluster.env the node still starts (the job may pass --mongo-uri).
-    (home / "itm" / "cluster.env").unlink()
-    prefix, _ = start_command(config, "head_start_ray_commands")
-    out = subprocess.run(
-        ["bash", "-c", prefix + ' && printf "[%s]" "$ITM_MONGO_URI"'],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert out.returncode == 0 and out.stdout == "[]", out.stderr

@@ -21,12 +21,22 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
-from bson import Binary
+from bson import ObjectId
 from pymongo.database import Database
 
 from benchmarks.bench_api import server_process
 from itm.embedded import EmbeddedMongo
-from itm.store import EVENTS, IMAGES, MONITORING, RUNS, connect, ensure_indexes
+from itm.store import (
+    EVENTS,
+    IMAGES,
+    MONITORING,
+    RUNS,
+    connect,
+    ensure_indexes,
+    event_doc,
+    image_doc,
+    run_doc,
+)
 from tests.support.apidata import png_bytes
 
 START = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -43,28 +53,29 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
     from PIL import Image
 
     ensure_indexes(db)
-    png = Binary(png_bytes(Image.new("L", (8, 8), 128)))
+    png = png_bytes(Image.new("L", (8, 8), 128))
     md5s = [hashlib.md5(str(i).encode()).hexdigest() for i in range(images)]
     for first in range(0, images, BATCH):
         db[IMAGES].insert_many(
             [
-                {
-                    "md5": md5s[i],
-                    "width": 8,
-                    "height": 8,
-                    "mode": "L",
-                    "gray": png,
-                    "source_url": f"https://example.test/{i}",
-                    "inserted_at": START + timedelta(minutes=minutes) * i / images,
-                    "run_id": "bench",
-                    "line": i + 1,
-                }
+                image_doc(
+                    md5s[i],
+                    8,
+                    8,
+                    "L",
+                    f"https://example.test/{i}",
+                    START + timedelta(minutes=minutes) * i / images,
+                    "bench",
+                    i + 1,
+                    gray=png,
+                )
                 for i in range(first, min(first + BATCH, images))
             ]
         )
     counters: dict[int, dict] = {}
     for first in range(0, events, BATCH):
         batch = []
+        tally, lines = ObjectId(), [[first + 1, min(first + BATCH, events)]]
         for i in range(first, min(first + BATCH, events)):
             minute = i * minutes // events
             error = i % 10 == 9
@@ -78,18 +89,17 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
             else:
                 tally["success"] += 1
             batch.append(
-                {
-                    "run_id": "bench",
-                    "line": i + 1,
-                    "url": f"https://example.test/{i}",
-                    "status": "error" if error else "success",
-                    "reason": reason,
-                    "detail": "",
-                    "md5": None if error else md5s[i % images],
-                    "duplicate": i >= images,
-                    "finished_at": START + timedelta(minutes=minute),
-                    "counted": True,
-                }
+                event_doc(
+                    "bench",
+                    i + 1,
+                    f"https://example.test/{i}",
+                    None if error else md5s[i % images],
+                    START + timedelta(minutes=minute),
+                    tally,
+                    lines,
+                    reason=reason,
+                    duplicate=i >= images,
+                )
             )
         db[EVENTS].insert_many(batch)
     for i in range(images):  # as the writer counts them: in the minute each was stored
@@ -100,15 +110,8 @@ def generate(db: Database, events: int, images: int, minutes: int = 60) -> list[
             for minute, tally in sorted(counters.items())
         ]
     )
-    db[RUNS].insert_one(
-        {
-            "_id": "bench",
-            "input": "urls.txt",
-            "started_at": START,
-            "finished_at": START + timedelta(minutes=minutes),
-            "totals": {},
-        }
-    )
+    run = run_doc("bench", "urls.txt", START) | {"finished_at": START + timedelta(minutes=minutes)}
+    db[RUNS].insert_one(run)
     return md5s
 
 

@@ -100,19 +100,17 @@ def killed_run(uri: str, db: str, urls: Path, lines: int, undone: int) -> int:
         batch = LineSet.of(numbers).ranges
         client[db][store.EVENTS].insert_many(
             [
-                {
-                    "run_id": RUN,
-                    "line": n,
-                    "url": f"not a url {n}",
-                    "md5": None,
-                    "finished_at": now,
-                    "tally": tally,
-                    "batch": batch,
-                    "status": "error",
-                    "reason": "invalid_url",
-                    "detail": "URL has no host",
-                    "duplicate": False,
-                }
+                store.event_doc(
+                    RUN,
+                    n,
+                    f"not a url {n}",
+                    None,
+                    now,
+                    tally,
+                    batch,
+                    reason="invalid_url",
+                    detail="URL has no host",
+                )
                 for n in numbers
             ]
         )

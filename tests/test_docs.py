@@ -1,4 +1,4 @@
-"""The docs cover the code: every setting, every reason, every route, every link.
+"""The docs cover the code: every setting, every reason, every route, every field, every link.
 
 In the manner of datasette: the README's Configuration and Outcomes tables are
 generated from ``Settings`` and ``Reason`` by cog, and fail here when stale; adding a
@@ -15,6 +15,7 @@ import pytest
 from cogapp import Cog
 from fastapi.routing import APIRoute
 
+from itm import store
 from itm.api import create_app
 from itm.config import Settings
 from tests.support.corpus import KINDS
@@ -112,3 +113,22 @@ def test_the_grayscale_table_is_the_corpus() -> None:
     assert set(table) == set(KINDS)
     for kind, outcome in KINDS.items():
         assert table[kind].removeprefix("`").startswith(outcome), kind
+
+
+def test_the_data_section_names_every_field_of_the_contract() -> None:
+    """One bullet per collection of ``itm.store``, naming (in backticks) its fields, the
+    fields of its nested documents, and nothing else."""
+    architecture = (ROOT / "docs" / "architecture.md").read_text()
+    bullets = {
+        found[1]: found[0]
+        for found in re.findall(
+            r"^(- `(\w+)`:.*?)(?=^- |\Z)",
+            section(architecture, "## Data (database `itm`)"),
+            re.MULTILINE | re.DOTALL,
+        )
+    }
+    assert set(bullets) == set(store.DOCUMENTS)
+    for collection, types in store.DOCUMENTS.items():
+        named = set(re.findall(r"`(\w+)`", bullets[collection])) - {collection}
+        fields = set().union(*(kind.__required_keys__ | kind.__optional_keys__ for kind in types))
+        assert named == fields, collection

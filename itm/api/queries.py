@@ -19,19 +19,30 @@ from typing import Any, NamedTuple
 
 import pymongo
 from gridfs import GridFSBucket, GridOut
-from pymongo import ASCENDING, DESCENDING
 from pymongo.database import Database
 
 from itm.api.histogram import Bucket, Totals, Window, fill_buckets, resolve_window
 from itm.api.models import RunTotals
 from itm.api.runview import sum_counters
-from itm.store import GRAY_BUCKET, IMAGES, MONITORING, RUNS, field_key
+from itm.store import (
+    BY_MINUTE,
+    EARLIEST,
+    GRAY_BUCKET,
+    IMAGE_CARD,
+    IMAGE_PNG,
+    IMAGES,
+    IMAGES_NEWEST_FIRST,
+    MINUTE_BUCKET,
+    MINUTES_NEWEST_FIRST,
+    MONITORING,
+    RUN_VIEW,
+    RUNS,
+    RUNS_NEWEST_FIRST,
+    field_key,
+)
 
 MD5_RE = re.compile(r"[0-9a-f]{32}")
 RUN_ID_RE = re.compile(r"[^\x00-\x1f]{1,200}")
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-NEWEST_FIRST = [("inserted_at", DESCENDING), ("md5", DESCENDING)]  # matches an index of store
-CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
 # A page of images is read from the narrowest window of inserted_at, back from the end of
 # the last minute that stored an image (or the cursor), that holds it, before the whole
 # collection: SecantusDB 0.7 (the embedded default) reads every document a query matches
@@ -40,24 +51,6 @@ CARD_FIELDS = {"_id": 0, "md5": 1, "width": 1, "height": 1, "inserted_at": 1}
 # MongoDB and SecantusDB alike. Any window gives the right page when it holds one (it
 # has every newer image); that minute only makes the first one likely to.
 PAGE_WINDOWS = tuple(timedelta(seconds=s) for s in (10, 60, 600, 3600, 86400))
-RUNS_NEWEST_FIRST = [("started_at", DESCENDING), ("_id", DESCENDING)]  # an index of store
-# Of a run document, what its view shows (not its fingerprint).
-RUN_FIELDS = {
-    "input": 1,
-    "started_at": 1,
-    "finished_at": 1,
-    "heartbeat": 1,
-    "total": 1,
-    "totals": 1,
-    "session": 1,
-    "in_flight": 1,
-    "retry_of": 1,
-    "reasons": 1,
-    "retries": 1,
-    "minutes": 1,
-}
-# Of a monitoring document, only its counters: the writer adds bookkeeping fields.
-BUCKET_FIELDS = {"_id": 0, "minute": 1, "success": 1, "error": 1}
 
 
 def image_exists(db: Database[Any], md5: str) -> bool:
@@ -70,7 +63,7 @@ def image_png(db: Database[Any], md5: str) -> bytes | GridOut | None:
     ``None`` for an unknown md5; ``gridfs.errors.NoFile`` when the document
     names a GridFS file that is not there.
     """
-    doc = db[IMAGES].find_one({"md5": md5}, {"_id": 0, "gray": 1, "gray_id": 1})
+    doc = db[IMAGES].find_one({"md5": md5}, IMAGE_PNG)
     if doc is None:
         return None
     if doc.get("gray") is not None:
@@ -96,7 +89,7 @@ def gridfs_chunks(stream: GridOut, timeout_s: float) -> Iterator[bytes]:
 
 def encode_cursor(at: datetime, key: str) -> str:
     """An opaque cursor that resumes a newest-first listing right after (``at``, ``key``)."""
-    millis = (at - EPOCH) // timedelta(milliseconds=1)
+    millis = (at - EARLIEST) // timedelta(milliseconds=1)
     return base64.urlsafe_b64encode(f"{millis}.{key}".encode()).decode().rstrip("=")
 
 
@@ -107,7 +100,7 @@ def decode_cursor(cursor: str, key: re.Pattern[str]) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         millis, value = raw.split(".", 1)
         # BSON datetimes are whole milliseconds, so this is exactly the stored value.
-        at = EPOCH + timedelta(milliseconds=int(millis))
+        at = EARLIEST + timedelta(milliseconds=int(millis))
     except (binascii.Error, UnicodeDecodeError, ValueError, OverflowError) as exc:
         raise ValueError("malformed cursor") from exc
     if not key.fullmatch(value):
@@ -169,26 +162,26 @@ def first_page(
 def _cards(db: Database[Any], query: dict[str, Any], limit: int) -> list[dict[str, Any]]:
     """The first ``limit`` images of ``query``, newest first: separate index ranges, not an
     ``$or`` (SecantusDB 0.7 scans the collection for one)."""
-    return list(db[IMAGES].find(query, CARD_FIELDS).sort(NEWEST_FIRST).limit(limit))
+    return list(db[IMAGES].find(query, IMAGE_CARD).sort(IMAGES_NEWEST_FIRST).limit(limit))
 
 
 def _last_image_minute(db: Database[Any]) -> datetime | None:
-    """The last minute that stored an image, or whose count of them is unknown (written
-    before the writer counted images): the newest images are stored in it or after it.
+    """The last minute that stored an image (its ``images`` counter is positive): the
+    newest images are stored in it or after it.
 
     Anchors ``PAGE_WINDOWS`` where the images are, even when later runs stored none
     (minutes that only counted errors or duplicates): the first window holds a page.
     """
     doc = db[MONITORING].find_one(
-        {"$or": [{"images": {"$gt": 0}}, {"images": {"$exists": False}}]},
+        {"images": {"$gt": 0}},
         {"_id": 0, "minute": 1},
-        sort=[("minute", DESCENDING)],
+        sort=MINUTES_NEWEST_FIRST,
     )
     return None if doc is None else doc["minute"]
 
 
-def _edge_minute(db: Database[Any], direction: int) -> datetime | None:
-    doc = db[MONITORING].find_one({}, {"_id": 0, "minute": 1}, sort=[("minute", direction)])
+def _edge_minute(db: Database[Any], sort: list[tuple[str, int]]) -> datetime | None:
+    doc = db[MONITORING].find_one({}, {"_id": 0, "minute": 1}, sort=sort)
     return None if doc is None else doc["minute"]
 
 
@@ -199,25 +192,25 @@ def histogram(
 
     ``ValueError`` when ``since`` is after ``until``.
     """
-    first = _edge_minute(db, ASCENDING) if since is None else None
-    last = _edge_minute(db, DESCENDING) if until is None else None
+    first = _edge_minute(db, BY_MINUTE) if since is None else None
+    last = _edge_minute(db, MINUTES_NEWEST_FIRST) if until is None else None
     window = resolve_window(since, until, first, last)
     if window is None:
         return None, []
     docs = db[MONITORING].find(
         {"minute": {"$gte": window.since, "$lte": window.until}},
-        BUCKET_FIELDS,
+        MINUTE_BUCKET,
     )
     return window, fill_buckets(window, docs)
 
 
-def summary(db: Database[Any]) -> tuple[Totals, list[tuple[str, int]], int | None]:
+def summary(db: Database[Any]) -> tuple[Totals, list[tuple[str, int]], int]:
     """All-time successes and errors, errors by reason (most frequent first), and the
-    number of images stored (``None`` when some minute predates that counter).
+    number of images stored.
 
     Sums the per-minute counters (``reasons`` counts each minute's errors by
-    reason, ``images`` the lines that stored their image first; documents older
-    than them have none): O(minutes), never a scan of ``events`` or ``images``.
+    reason, ``images`` the lines that stored their image first): O(minutes), never
+    a scan of ``events`` or ``images``.
     """
     facets = list(
         db[MONITORING].aggregate(
@@ -240,15 +233,6 @@ def summary(db: Database[Any]) -> tuple[Totals, list[tuple[str, int]], int | Non
                                     "success": {"$sum": "$success"},
                                     "error": {"$sum": "$error"},
                                     "images": {"$sum": "$images"},
-                                    "uncounted": {
-                                        "$sum": {
-                                            "$cond": [
-                                                {"$eq": [{"$ifNull": ["$images", None]}, None]},
-                                                1,
-                                                0,
-                                            ]
-                                        }
-                                    },
                                 }
                             }
                         ],
@@ -263,19 +247,13 @@ def summary(db: Database[Any]) -> tuple[Totals, list[tuple[str, int]], int | Non
     )
     sums = facets[0]["totals"] if facets else []
     totals = Totals(sums[0]["success"], sums[0]["error"]) if sums else Totals(0, 0)
-    images = (sums[0]["images"] if not sums[0]["uncounted"] else None) if sums else 0
+    images = sums[0]["images"] if sums else 0
     rows = facets[0]["reasons"] if facets else []
     reasons = sorted(
         ((row["_id"], row["count"]) for row in rows if row["count"]),
         key=lambda pair: (-pair[1], pair[0]),
     )
     return totals, reasons, images
-
-
-def image_count(db: Database[Any]) -> int:
-    """From the collection's metadata: O(1) on MongoDB, however many images there are
-    (SecantusDB 0.7 counts them: ``summary``'s count, when it has one, is cheaper)."""
-    return db[IMAGES].estimated_document_count()
 
 
 class Dashboard(NamedTuple):
@@ -292,8 +270,6 @@ def dashboard(db: Database[Any], runs: int) -> Dashboard:
     """The all-time totals, errors by reason, images stored, and the newest ``runs`` runs."""
     read_at = datetime.now(timezone.utc)
     totals, reasons, images = summary(db)
-    if images is None:  # minutes counted before the writer counted images
-        images = image_count(db)
     return Dashboard(totals, reasons, images, with_totals(db, run_page(db, runs)[0]), read_at)
 
 
@@ -304,7 +280,7 @@ def with_totals(
 
 
 def run(db: Database[Any], run_id: str) -> dict[str, Any] | None:
-    return db[RUNS].find_one({"_id": run_id}, RUN_FIELDS)
+    return db[RUNS].find_one({"_id": run_id}, RUN_VIEW)
 
 
 def run_page(
@@ -319,7 +295,7 @@ def run_page(
     if after is not None:
         at, key = after
         query = {"$or": [{"started_at": {"$lt": at}}, {"started_at": at, "_id": {"$lt": key}}]}
-    docs = list(db[RUNS].find(query, RUN_FIELDS).sort(RUNS_NEWEST_FIRST).limit(limit + 1))
+    docs = list(db[RUNS].find(query, RUN_VIEW).sort(RUNS_NEWEST_FIRST).limit(limit + 1))
     return cut(docs, limit, "started_at", "_id")
 
 

@@ -1,4 +1,7 @@
-"""The only writer of MongoDB: images, line events, per-minute counters and runs.
+"""The only writer of MongoDB: a batch's images, line events and per-minute counters.
+
+The writer actor (``MongoWriter``) also keeps the runs' documents, through the run
+ledger (``itm.job.ledger``); the documents are built as ``itm.store`` defines them.
 
 Exact with any number of writers on one database (jobs, resumes, Ray replaying a
 call after the writer died, a resume racing the writer of the run it resumes),
@@ -44,9 +47,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import gridfs
@@ -61,28 +64,17 @@ from ray.util.metrics import Counter as MetricCounter
 
 from itm import store
 from itm.job.imaging import GrayImage
+from itm.job.ledger import RunLedger, utcnow
 from itm.job.lineset import LineSet
 from itm.job.urls import shown_url
 from itm.outcomes import Counts, Failure, Line, Reason
-from itm.store import floor_minute
+from itm.store import EventDoc, floor_minute
 
 T = TypeVar("T")
 # One input line as the writer gets it: ((line number, url), md5, grayscale or failure).
 Item = tuple[Line, str | None, GrayImage | Failure]
 DUPLICATE_KEY = 11000
-MAX_DETAIL = 500
 STORAGE_ERROR = Reason.STORAGE_ERROR.value
-# What a counted event needs, when it is read back.
-EVENT_FIELDS = {
-    "_id": 0,
-    "line": 1,
-    "status": 1,
-    "reason": 1,
-    "duplicate": 1,
-    "tally": 1,
-    "finished_at": 1,
-    "batch": 1,
-}
 
 
 class MongoUnavailable(RuntimeError):
@@ -98,14 +90,9 @@ class BulkOutcome:
     refused: dict[int, str] = field(default_factory=dict)  # the database's reason
 
 
-def utcnow() -> datetime:
-    # MongoDB keeps milliseconds: truncate now, so that what is returned equals what is stored.
-    now = datetime.now(timezone.utc)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
-
-
 class MongoWriter:
-    """Serializes every write of a job; deployed as one Ray actor (see ``WriterActor``)."""
+    """Serializes the writes of a job (or of its share of the md5s): the batches, and
+    the runs through the ledger; deployed as a Ray actor (see ``WriterActor``)."""
 
     def __init__(
         self,
@@ -116,6 +103,7 @@ class MongoWriter:
     ) -> None:
         self.client = store.connect(mongo_uri)
         self.db = self.client[db_name]
+        self.ledger = RunLedger(self.db)
         self.retry_seconds = retry_seconds
         self._listed: set[tuple[str, datetime]] = set()  # (run, minute) the run lists already
         # Tests shorten the "minute" to cross many of them in a few seconds of work.
@@ -142,7 +130,7 @@ class MongoWriter:
                 time.sleep(pause)
                 pause = min(pause * 2, 5.0)
 
-    # -- runs ---------------------------------------------------------------------------
+    # -- runs: the ledger's, retried ------------------------------------------------------
 
     def start_run(
         self,
@@ -155,75 +143,30 @@ class MongoWriter:
         retry_of: str | None = None,
         reasons: list[str] | None = None,
     ) -> LineSet:
-        """Open (or, with ``resume``, reopen) a run; return the lines that already have an outcome.
-
-        A resume refuses an input whose ``fingerprint`` differs from the run's (unless
-        ``force``), and first counts the complete tallies of the run that no minute
-        holds yet (a writer that died between its events and its counters). ``total``
-        is the lines the run has to process in all (progress); a run that retries
-        the failed lines of ``retry_of`` (for ``reasons``, or all) is listed there.
-        """
-
-        def start() -> LineSet:
-            runs = self.db[store.RUNS]
-            now = utcnow()
-            if not resume:
-                runs.update_one(
-                    {"_id": run_id},
-                    {
-                        "$setOnInsert": {
-                            "input": source,
-                            "fingerprint": fingerprint,
-                            "started_at": now,
-                            "finished_at": None,
-                            "total": total,
-                            "retry_of": retry_of,
-                            "reasons": reasons,
-                            "retries": [],
-                            "minutes": [],
-                            "heartbeat": now,
-                            "session": {"started_at": now, "done": 0},
-                            "in_flight": [],
-                        }
-                    },
-                    upsert=True,
-                )
-                if retry_of is not None:
-                    runs.update_one({"_id": retry_of}, {"$addToSet": {"retries": run_id}})
-                return LineSet()
-            run = runs.find_one({"_id": run_id}, {"fingerprint": 1})
-            if run is None:
-                raise ValueError(f"no run {run_id!r} to resume in database {self.db.name!r}")
-            known = run.get("fingerprint")
-            if known and fingerprint and known != fingerprint and not force:
-                raise ValueError(
-                    f"{source} is not the file run {run_id} started on (size or content "
-                    f"changed: {known} then, {fingerprint} now); resume with the original "
-                    "file, or pass --force-resume to resume anyway"
-                )
-            done = self._settle_run(run_id)
-            reopened: dict[str, Any] = {
-                "finished_at": None,
-                "heartbeat": now,
-                "in_flight": [],
-                "session": {"started_at": now, "done": len(done)},
-            }
-            reopened |= {"fingerprint": fingerprint} if fingerprint else {}
-            reopened |= {"total": total} if total is not None else {}
-            runs.update_one({"_id": run_id}, {"$set": reopened})
-            return done
-
-        return self._retrying(start)
-
-    def progress(self, run_id: str, in_flight: list[dict[str, Any]]) -> None:
-        """The driver's heartbeat: it is alive, and these lines are its oldest in flight
-        (``line``, ``url``, ``since``). A run whose heartbeat stops, unfinished, lost its
-        driver."""
-        self._retrying(
-            lambda: self.db[store.RUNS].update_one(
-                {"_id": run_id}, {"$set": {"heartbeat": utcnow(), "in_flight": in_flight}}
+        """``RunLedger.start``: a resume first counts what the run left uncounted."""
+        return self._retrying(
+            lambda: self.ledger.start(
+                run_id,
+                source,
+                resume,
+                self._settle_run,
+                fingerprint,
+                force,
+                total,
+                retry_of,
+                reasons,
             )
         )
+
+    def progress(self, run_id: str, in_flight: list[dict[str, Any]]) -> None:
+        """``RunLedger.beat``: the driver is alive, with these lines in flight."""
+        self._retrying(lambda: self.ledger.beat(run_id, in_flight))
+
+    def finish_run(self, run_id: str) -> Counts:
+        """``RunLedger.finish``: the run closed with its totals."""
+        return self._retrying(lambda: self.ledger.finish(run_id))
+
+    # -- one batch of lines ---------------------------------------------------------------
 
     def _settle_run(self, run_id: str) -> LineSet:
         """The run's done lines, after adding its complete tallies that no minute holds."""
@@ -237,8 +180,7 @@ class MongoWriter:
                 this = floor_minute(event["finished_at"], self.minute)
                 if this != minute:  # runs are mostly in line order: one read per minute
                     minute, tallies = this, self._tallies_of(this)
-                # Tallies of writers before this protocol were strings, counted by their own.
-                if isinstance(event.get("tally"), ObjectId) and event["tally"] not in tallies:
+                if event["tally"] not in tallies:
                     missing.setdefault(event["tally"], event["line"])
                 yield event["line"]
 
@@ -246,51 +188,15 @@ class MongoWriter:
         for line in missing.values():
             self._settle(
                 run_id,
-                self.db[store.EVENTS].find_one({"run_id": run_id, "line": line}, EVENT_FIELDS),
+                self.db[store.EVENTS].find_one(
+                    {"run_id": run_id, "line": line}, store.EVENT_COUNTED
+                ),
             )
         return done
 
     def _tallies_of(self, minute: datetime) -> frozenset[Any]:
         doc = self.db[store.MONITORING].find_one({"minute": minute}, {"_id": 0, "tallies": 1})
         return frozenset((doc or {}).get("tallies", ()))
-
-    def finish_run(self, run_id: str) -> Counts:
-        """Close a run with its totals, computed from its events (exact even after a resume)."""
-
-        def finish() -> Counts:
-            # Alive while the totals are computed (a long run's events take a while).
-            self.db[store.RUNS].update_one({"_id": run_id}, {"$set": {"heartbeat": utcnow()}})
-            groups = store.by_window(
-                self.db,
-                run_id,
-                lambda window: self.db[store.EVENTS].aggregate(
-                    [
-                        {"$match": window},
-                        {
-                            "$group": {
-                                "_id": {
-                                    "status": "$status",
-                                    "reason": "$reason",
-                                    "duplicate": "$duplicate",
-                                },
-                                "n": {"$sum": 1},
-                            }
-                        },
-                    ]
-                ),
-            )
-            counts = Counts.of_events(group["_id"] | {"n": group["n"]} for group in groups)
-            totals = counts.as_totals()
-            now = utcnow()
-            self.db[store.RUNS].update_one(
-                {"_id": run_id},
-                {"$set": {"finished_at": now, "heartbeat": now, "totals": totals, "in_flight": []}},
-            )
-            return counts
-
-        return self._retrying(finish)
-
-    # -- one batch of lines ---------------------------------------------------------------
 
     def write(
         self,
@@ -318,47 +224,46 @@ class MongoWriter:
         batch = LineSet.of(sorted(line for (line, _), _, _ in items)).ranges
         events = []
         for (line, url), md5, gray in items:
-            event = {
-                "run_id": run_id,
-                "line": line,
-                "url": shown_url(url),
-                "md5": md5,
-                "finished_at": now,
-                "tally": tally,
-                "batch": batch,
-            }
+            reason, detail, duplicate = None, "", False
             if isinstance(gray, Failure):
-                event |= _error(gray.reason, gray.detail)
+                reason, detail = gray.reason, gray.detail
             elif md5 is not None and md5 in refused:
-                event |= _error(STORAGE_ERROR, f"image {md5} not stored: {refused[md5]}") | {
-                    "md5": None
-                }
+                reason, detail = STORAGE_ERROR, f"image {md5} not stored: {refused[md5]}"
+                md5 = None
             else:
                 assert md5 is not None  # a grayscale image comes with its md5
-                event |= {
-                    "status": "success",
-                    "reason": None,
-                    "detail": None,
-                    "duplicate": firsts[md5] != (run_id, line),
-                }
-            events.append(event)
+                duplicate = firsts[md5] != (run_id, line)
+            events.append(
+                store.event_doc(
+                    run_id,
+                    line,
+                    shown_url(url),
+                    md5,
+                    now,
+                    tally,
+                    batch,
+                    reason=reason,
+                    detail=detail,
+                    duplicate=duplicate,
+                )
+            )
         mine, taken = self._insert_events(events)
-        stored = list(mine)
+        stored: list[Mapping[str, Any]] = list(mine)
         if taken:  # lines that had an event already: a replay, or another writer of the run
             found = list(
                 self.db[store.EVENTS].find(
-                    {"run_id": run_id, "line": {"$in": sorted(taken)}}, EVENT_FIELDS
+                    {"run_id": run_id, "line": {"$in": sorted(taken)}}, store.EVENT_COUNTED
                 )
             )
             stored += found
-            mine += [event for event in found if event["tally"] == tally]
-            for event in {event["tally"]: event for event in found}.values():
-                if event["tally"] != tally:
-                    self._settle(run_id, event)
+            mine += [other for other in found if other["tally"] == tally]
+            for other in {other["tally"]: other for other in found}.values():
+                if other["tally"] != tally:
+                    self._settle(run_id, other)
         self._add(run_id, tally, floor_minute(now, self.minute), mine)
         return Counts.of_events(stored)
 
-    def _insert_events(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], set[int]]:
+    def _insert_events(self, events: list[EventDoc]) -> tuple[list[Mapping[str, Any]], set[int]]:
         """Insert the events; return (those inserted, line numbers that had one already).
 
         An event the database refuses becomes a bare ``storage_error`` event of its line.
@@ -367,7 +272,17 @@ class MongoWriter:
         outcome = _bulk(collection, [InsertOne(event) for event in events])
         if outcome.refused:
             bare = [
-                events[at] | _error(STORAGE_ERROR, f"event not stored: {why}") | {"md5": None}
+                store.event_doc(
+                    events[at]["run_id"],
+                    events[at]["line"],
+                    events[at]["url"],
+                    None,
+                    events[at]["finished_at"],
+                    events[at]["tally"],
+                    events[at]["batch"],
+                    reason=STORAGE_ERROR,
+                    detail=f"event not stored: {why}",
+                )
                 for at, why in outcome.refused.items()
             ]
             retried = _bulk(collection, [InsertOne(event) for event in bare])
@@ -378,14 +293,16 @@ class MongoWriter:
             events = [*events, *bare]
             outcome.duplicates |= {len(events) - len(bare) + at for at in retried.duplicates}
         skipped = outcome.duplicates | set(outcome.refused)
-        mine = [event for at, event in enumerate(events) if at not in skipped]
+        mine: list[Mapping[str, Any]] = [
+            event for at, event in enumerate(events) if at not in skipped
+        ]
         return mine, {events[at]["line"] for at in outcome.duplicates}
 
-    def _settle(self, run_id: str, event: dict[str, Any] | None) -> None:
+    def _settle(self, run_id: str, event: Mapping[str, Any] | None) -> None:
         """Add the tally of ``event`` (inserted by another attempt) if no minute holds it yet
         and it is complete: every line of its batch has an event, so none can still come."""
-        if event is None or not isinstance(event.get("tally"), ObjectId):
-            return  # a writer before this protocol (string tallies) counted its events itself
+        if event is None:
+            return
         minute = floor_minute(event["finished_at"], self.minute)
         if event["tally"] in self._tallies_of(minute):
             return
@@ -397,7 +314,7 @@ class MongoWriter:
                         {"line": {"$gte": first, "$lte": last}} for first, last in event["batch"]
                     ],
                 },
-                EVENT_FIELDS,
+                store.EVENT_COUNTED,
             )
         )
         if len(in_batch) == len(LineSet(event["batch"])):
@@ -409,7 +326,7 @@ class MongoWriter:
             )
 
     def _add(
-        self, run_id: str, tally: ObjectId, minute: datetime, events: list[dict[str, Any]]
+        self, run_id: str, tally: ObjectId, minute: datetime, events: list[Mapping[str, Any]]
     ) -> None:
         """Add a tally's events to their minute, unless the minute holds the tally already.
 
@@ -422,13 +339,7 @@ class MongoWriter:
         if (run_id, minute) not in self._listed:
             self.db[store.RUNS].update_one({"_id": run_id}, {"$addToSet": {"minutes": minute}})
             self._listed.add((run_id, minute))
-        counts = Counts.of_events(events)
-        inc = {"success": counts.success, "error": counts.error}
-        inc |= {f"reasons.{store.field_key(reason)}": n for reason, n in counts.reasons.items()}
-        mine = f"by_run.{store.field_key(run_id)}"
-        inc |= {f"{mine}.{name}": n for name, n in inc.items()}
-        inc[f"{mine}.duplicates"] = counts.duplicates
-        inc["images"] = counts.success - counts.duplicates  # lines that stored their image
+        inc = store.minute_increments(run_id, Counts.of_events(events))
         update = {"$inc": inc, "$push": {"tallies": tally}}
         guarded = {"minute": minute, "tallies": {"$ne": tally}}
         monitoring = self.db[store.MONITORING]
@@ -449,7 +360,7 @@ class MongoWriter:
         with contextlib.suppress(DuplicateKeyError):
             self.db[store.MONITORING].update_one(
                 {"minute": minute},
-                {"$setOnInsert": {"success": 0, "error": 0, "images": 0}},
+                {"$setOnInsert": store.EMPTY_MINUTE},
                 upsert=True,
             )
 
@@ -473,17 +384,17 @@ class MongoWriter:
                 UpdateOne(
                     {"md5": md5},
                     {
-                        "$setOnInsert": {
-                            "md5": md5,
-                            "width": gray.width,
-                            "height": gray.height,
-                            "mode": gray.mode,
+                        "$setOnInsert": store.image_doc(
+                            md5,
+                            gray.width,
+                            gray.height,
+                            gray.mode,
+                            shown_url(url),
+                            now,
+                            run_id,
+                            line,
                             **self._png_field(md5, gray.png),
-                            "source_url": shown_url(url),
-                            "inserted_at": now,
-                            "run_id": run_id,
-                            "line": line,
-                        }
+                        )
                     },
                     upsert=True,
                 )
@@ -494,14 +405,14 @@ class MongoWriter:
         refused = {md5s[at]: why for at, why in outcome.refused.items()}
         older = [md5 for md5 in md5s if md5 not in firsts and md5 not in refused]
         if older:  # stored before: by another line, or by an earlier attempt of this call
-            found = images.find({"md5": {"$in": older}}, {"md5": 1, "run_id": 1, "line": 1})
+            found = images.find({"md5": {"$in": older}}, store.IMAGE_FIRST)
             firsts |= {doc["md5"]: (doc["run_id"], doc["line"]) for doc in found}
         return firsts, refused
 
-    def _png_field(self, md5: str, png: bytes) -> dict[str, object]:
-        """The PNG in the document, or in GridFS when it would not fit in one. It arrives
-        as a buffer over the object store (``GrayImage``): one copy, into the bytes that
-        BSON takes (binary subtype 0, as ``Binary`` would store it)."""
+    def _png_field(self, md5: str, png: bytes) -> dict[str, Any]:
+        """The PNG in the document (``gray``), or in GridFS when it would not fit in one
+        (``gray_id``): keywords of ``store.image_doc``. It arrives as a buffer over the
+        object store (``GrayImage``): one copy, into the bytes that BSON takes."""
         png = bytes(png)
         if len(png) <= store.MAX_INLINE_PNG:
             return {"gray": png}
@@ -517,10 +428,6 @@ class MongoWriter:
                 md5, f"{md5}.png", png, metadata={"contentType": "image/png"}
             )
         return md5
-
-
-def _error(reason: str, detail: str) -> dict[str, object]:
-    return {"status": "error", "reason": reason, "detail": detail[:MAX_DETAIL], "duplicate": False}
 
 
 def _bulk(collection: Collection[Any], ops: list[InsertOne[Any] | UpdateOne]) -> BulkOutcome:

@@ -1,8 +1,9 @@
 """A small database that follows the data contract, for the API's tests and benchmark.
 
-The writer actor is the only writer of a real database; this module writes the
-same shapes with pymongo (real PNGs made with Pillow, one stored in GridFS) so
-that the API can be tested on its own. Every API test gets its data from
+The writer actor is the only writer of a real database; this module builds the
+same documents with the contract's builders (``itm.store``) and writes them with
+pymongo (real PNGs made with Pillow, one stored in GridFS), counting minutes as the
+writer does, so that the API can be tested on its own. Every API test gets its data from
 ``fill``, ``fill_minutes`` (a span of counters) or ``RunningRun`` (a run at work).
 """
 
@@ -10,25 +11,32 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 import gridfs
 import numpy as np
-from bson import Binary
+from bson import ObjectId
 from PIL import Image
 from pymongo.database import Database
 
+from itm.outcomes import Counts
 from itm.store import (
+    EMPTY_MINUTE,
     EVENTS,
     GRAY_BUCKET,
     IMAGES,
     MINUTE,
     MONITORING,
     RUNS,
+    ImageDoc,
     ensure_indexes,
-    field_key,
+    event_doc,
     floor_minute,
+    image_doc,
+    minute_increments,
+    run_doc,
 )
 
 RUN_ID = "run-api-test"
@@ -90,74 +98,71 @@ def fill(db: Database) -> ApiData:
     ensure_indexes(db)
     data = ApiData()
     pairs = _images(np.random.default_rng(7))
-    docs = []
+    docs: list[ImageDoc] = []
     for index, (source, gray) in enumerate(pairs):
         md5 = hashlib.md5(source).hexdigest()
         png = png_bytes(gray)
-        doc = {
-            "md5": md5,
-            "width": gray.width,
-            "height": gray.height,
-            "mode": gray.mode,
-            "source_url": f"https://example.test/{index}.png",
-            "run_id": RUN_ID,
-            "line": index + 1,
-            "inserted_at": START + timedelta(seconds=min(index, 2)),
-        }
-        if index == len(pairs) - 1:
+        in_gridfs = index == len(pairs) - 1
+        if in_gridfs:
             gridfs.GridFSBucket(db, bucket_name=GRAY_BUCKET).upload_from_stream_with_id(
                 md5, f"{md5}.png", png
             )
-            doc["gray_id"] = md5
             data.gridfs_md5 = md5
-        else:
-            doc["gray"] = Binary(png)
-        docs.append(doc)
+        docs.append(
+            image_doc(
+                md5,
+                gray.width,
+                gray.height,
+                gray.mode,
+                f"https://example.test/{index}.png",
+                START + timedelta(seconds=min(index, 2)),
+                RUN_ID,
+                index + 1,
+                gray=None if in_gridfs else png,
+                gray_id=md5 if in_gridfs else None,
+            )
+        )
         data.pngs[md5] = png
         data.sizes[md5] = (gray.width, gray.height)
     db[IMAGES].insert_many(docs)
     data.newest_first = [
         doc["md5"] for doc in sorted(docs, key=lambda d: (d["inserted_at"], d["md5"]), reverse=True)
     ]
-    db[MONITORING].insert_many(
-        [
-            {
-                "minute": START + timedelta(minutes=offset),
-                "success": success,
-                "error": error,
-                "reasons": reasons,
-                "tallies": ["internal"],
-            }  # tallies: the writer's bookkeeping
-            for (offset, success, error), reasons in zip(COUNTS, MINUTE_REASONS, strict=True)
-        ]
-    )
-    events = [{"status": "success", "reason": None, "md5": doc["md5"]} for doc in docs]
-    events += [{"status": "error", "reason": reason, "md5": None} for reason in REASONS]
-    db[EVENTS].insert_many(
-        [
-            {
-                **event,
-                "run_id": RUN_ID,
-                "line": line,
-                "url": f"https://example.test/{line}",
-                "detail": "",
-                "duplicate": False,
-                "finished_at": START,
-                "counted": True,
-            }
-            for line, event in enumerate(events, start=1)
-        ]
-    )
-    db[RUNS].insert_one(
-        {
-            "_id": RUN_ID,
-            "input": "urls.txt",
-            "started_at": START,
-            "finished_at": START + timedelta(minutes=4),
-            "totals": {},
-        }
+    db[RUNS].insert_one(run_doc(RUN_ID, "urls.txt", START))
+    for (offset, success, error), reasons in zip(COUNTS, MINUTE_REASONS, strict=True):
+        # Every success of fill stored its image first: images = success.
+        counts = Counts(success=success, error=error, reasons=Counter(reasons))
+        count(db, RUN_ID, START + timedelta(minutes=offset), counts)
+    tally, batch = ObjectId(), [[1, len(docs) + len(REASONS)]]
+    events = [
+        event_doc(RUN_ID, line, f"https://example.test/{line}", doc["md5"], START, tally, batch)
+        for line, doc in enumerate(docs, start=1)
+    ]
+    events += [
+        event_doc(
+            RUN_ID, line, f"https://example.test/{line}", None, START, tally, batch, reason=reason
+        )
+        for line, reason in enumerate(REASONS, start=len(docs) + 1)
+    ]
+    db[EVENTS].insert_many(events)
+    finished = START + timedelta(minutes=4)
+    totals = Counts.of_events(events).as_totals()
+    db[RUNS].update_one(
+        {"_id": RUN_ID},
+        {"$set": {"finished_at": finished, "heartbeat": finished, "totals": totals}},
     )
     return data
+
+
+def count(db: Database, run_id: str, minute: datetime, counts: Counts) -> None:
+    """Add ``counts`` of ``run_id`` to ``minute`` as the writer adds a tally: the run lists
+    the minute, which is created empty, then gets the increments and the tally."""
+    db[RUNS].update_one({"_id": run_id}, {"$addToSet": {"minutes": minute}})
+    db[MONITORING].update_one({"minute": minute}, {"$setOnInsert": EMPTY_MINUTE}, upsert=True)
+    db[MONITORING].update_one(
+        {"minute": minute},
+        {"$inc": minute_increments(run_id, counts), "$push": {"tallies": ObjectId()}},
+    )
 
 
 def fill_minutes(db: Database, last: datetime, minutes: int) -> list[tuple[int, int]]:
@@ -167,12 +172,9 @@ def fill_minutes(db: Database, last: datetime, minutes: int) -> list[tuple[int, 
     rng = np.random.default_rng(minutes)
     counts = [(int(rng.integers(200, 560)), int(rng.integers(20, 100))) for _ in range(minutes)]
     first = last - (minutes - 1) * MINUTE
-    db[MONITORING].insert_many(
-        [
-            {"minute": first + i * MINUTE, "success": success, "error": error}
-            for i, (success, error) in enumerate(counts)
-        ]
-    )
+    for i, (success, error) in enumerate(counts):
+        counted = Counts(success=success, error=error, reasons=Counter(timeout=error))
+        count(db, "run-busy", first + i * MINUTE, counted)
     return counts
 
 
@@ -183,34 +185,15 @@ class RunningRun:
     def __init__(self, db: Database, run_id: str, total: int) -> None:
         ensure_indexes(db)
         self.db, self.run_id = db, run_id
-        now = datetime.now(timezone.utc)
-        db[RUNS].insert_one(
-            {
-                "_id": run_id,
-                "input": "urls.txt",
-                "started_at": now,
-                "finished_at": None,
-                "total": total,
-                "minutes": [],
-                "heartbeat": now,
-                "session": {"started_at": now, "done": 0},
-                "in_flight": [],
-            }
-        )
+        db[RUNS].insert_one(run_doc(run_id, "urls.txt", datetime.now(timezone.utc), total=total))
 
     def count(self, success: int, error: int) -> None:
         """Lines that finished now (the errors timed out): counted in this minute, the
         heartbeat beats."""
         now = datetime.now(timezone.utc)
-        minute = floor_minute(now)
-        self.db[RUNS].update_one(
-            {"_id": self.run_id},
-            {"$addToSet": {"minutes": minute}, "$set": {"heartbeat": now}},
-        )
-        mine = f"by_run.{field_key(self.run_id)}"
-        inc = {"success": success, "error": error, "reasons.timeout": error}
-        inc |= {f"{mine}.{name}": n for name, n in inc.items()}
-        self.db[MONITORING].update_one({"minute": minute}, {"$inc": inc}, upsert=True)
+        counts = Counts(success=success, error=error, reasons=Counter(timeout=error))
+        count(self.db, self.run_id, floor_minute(now), counts)
+        self.db[RUNS].update_one({"_id": self.run_id}, {"$set": {"heartbeat": now}})
 
     def finish(self) -> None:
         now = datetime.now(timezone.utc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -354,3 +355,12 @@ def _parse(kind: type, raw: str) -> object:
             return False
         raise ValueError(f"not a boolean: {raw!r}")
     return kind(raw)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now: for a server whose port no setting names
+    (the embedded MongoDB, Serve's proxy under direct ingress)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -27,8 +27,7 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from itm.api.app import RETRY_AFTER_S, create_app, require_mongo_uri
-from itm.config import Settings
-from itm.embedded import free_port
+from itm.config import Settings, free_port
 
 APP_NAME = "itm"
 

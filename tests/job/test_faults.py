@@ -22,8 +22,8 @@ from ray.actor import ActorHandle
 
 from itm import store
 from itm.api.queries import image_png
-from itm.config import Settings
-from itm.embedded import EmbeddedMongo, free_port
+from itm.config import Settings, free_port
+from itm.embedded import EmbeddedMongo
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.lines import read_lines
 from itm.job.pipeline import run_batches

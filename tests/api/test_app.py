@@ -21,8 +21,8 @@ from pymongo.database import Database
 from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 from itm.api import chart, create_app, queries
-from itm.api.app import MAX_PAGE, RECENT_RUNS
 from itm.api.coalesce import Coalescer
+from itm.api.routes import MAX_PAGE, RECENT_RUNS
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.outcomes import describe

@@ -179,7 +179,8 @@ class Settings:
     )
     batch_size: int = _opt(
         32,
-        "input lines per Ray task and per writer call (at most): fewer tasks, workers and writes",
+        "lines per group at most (a group: the lines an md5 and a grayscale task take, and "
+        "the writers get, together): fewer tasks, workers and writes",
         check=at_least(1),
     )
     connect_timeout: float = _opt(5.0, "seconds to open a connection", check=positive)

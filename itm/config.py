@@ -253,7 +253,7 @@ class Settings:
         check=positive,
     )
     mongo_retry_seconds: float = _opt(
-        60.0, "seconds the writer keeps retrying while MongoDB is away"
+        60.0, "seconds the writer keeps reconnecting while MongoDB is away, before the run stops"
     )
 
     def __post_init__(self) -> None:

@@ -28,8 +28,10 @@ from itm.api.timing import ServerTimingMiddleware
 from itm.config import Settings
 from itm.store import connect
 
-# Short enough that /healthz answers 503 quickly while MongoDB is away.
-MONGO_TIMEOUT_MS = 2000
+# How long the API's client waits for MongoDB to answer at all (server selection and
+# connection; ``store.connect``): short enough that /healthz answers 503 quickly while
+# MongoDB is away. The time limit of a request's reads is ``--api-timeout``.
+CONNECT_TIMEOUT_MS = 2000
 
 
 def require_mongo_uri(settings: Settings) -> str:
@@ -43,7 +45,9 @@ def require_mongo_uri(settings: Settings) -> str:
     return settings.mongo_uri
 
 
-def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIMEOUT_MS) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, timeout_ms: int = CONNECT_TIMEOUT_MS
+) -> FastAPI:
     """The API over ``settings.mongo_uri``/``settings.db`` (from ``ITM_*`` variables by default)."""
     settings = Settings.from_env() if settings is None else settings
     uri = require_mongo_uri(settings)
@@ -70,7 +74,7 @@ def create_app(settings: Settings | None = None, *, timeout_ms: int = MONGO_TIME
         lifespan=lifespan,
         swagger_ui_parameters={"validatorUrl": None},
     )
-    app.state.read_timeout = settings.api_timeout
+    app.state.time_limit = settings.api_timeout  # of a request's reads
     app.state.ray_dashboard = settings.ray_dashboard_url
     app.state.reads = Gate(settings.api_max_reads, READ_WAIT_S, "requests reading MongoDB")
     app.state.snapshots = Snapshots(app, settings.api_snapshot_s)

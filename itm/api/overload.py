@@ -47,7 +47,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.warning("MongoDB error on %s %s: %r", request.method, request.url.path, exc)
     if isinstance(exc, ExecutionTimeout | NetworkTimeout):
-        limit = request.app.state.read_timeout * 1000
+        limit = request.app.state.time_limit * 1000
         detail = f"database read took longer than {limit:g} ms ({type(exc).__name__})"
     else:
         detail = f"database unavailable ({type(exc).__name__})"
@@ -80,7 +80,7 @@ def time_limited(app: FastAPI) -> AbstractContextManager[None]:
     ``ConnectionFailure`` at once when MongoDB is known to be away.
     """
     _fail_fast_when_down(app.state.db.client)
-    return mongo_timeout(app.state.read_timeout)
+    return mongo_timeout(app.state.time_limit)
 
 
 def _fail_fast_when_down(client: MongoClient[Any]) -> None:

@@ -127,7 +127,7 @@ def get_image(
     if head:
         png.close()
         return Response(media_type=PNG, headers=headers)
-    chunks = queries.gridfs_chunks(png, request.app.state.read_timeout)
+    chunks = queries.gridfs_chunks(png, request.app.state.time_limit)
     return StreamingResponse(chunks, media_type=PNG, headers=headers)
 
 

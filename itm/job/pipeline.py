@@ -278,7 +278,7 @@ class _Driver:
         return total
 
     def _report_hosts(self) -> None:
-        """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
+        """One line on what the per-host limit did: hosts backed off, slots, its cost."""
         assert self.host_slots is not None
         try:
             stats: dict[str, Any] = ray.get(self.host_slots.stats.remote(), timeout=10)

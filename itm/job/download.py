@@ -8,7 +8,7 @@ Nothing is left to the server:
 - redirects are followed hop by hop here; a redirect's body is never read (at most
   a small one that has already arrived, to keep the connection), and every body
   read counts against ``--max-bytes``, decompressed size included;
-- each hop's host is resolved (``transport.resolve``), each address checked
+- each hop's host is resolved (``itm.job.dns``), each address checked
   (``itm.job.urls``), and the connection goes to an address that was checked, so
   DNS cannot swap it; TLS is still verified against the host name;
 - only transient faults are tried again, never past the deadline;
@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from typing import Protocol
 
 from itm.config import Settings
-from itm.job import transport
+from itm.job import dns, transport
+from itm.job.trust import trust
 from itm.job.urls import Target, address_refusal, check_url, redirect_url, target_of
 from itm.outcomes import Failure, Reason
 
@@ -180,7 +181,7 @@ def _failure_of(exc: Exception, settings: Settings) -> Failure | _Transient:
         return Failure(
             Reason.CONNECTION_ERROR,
             f"TLS certificate refused: {exc.verify_message} "
-            f"(trusted: {transport.trust(settings)[1]}; another CA: --ca-bundle or SSL_CERT_FILE)",
+            f"(trusted: {trust(settings)[1]}; another CA: --ca-bundle or SSL_CERT_FILE)",
         )
     if isinstance(exc, (OSError, http.client.IncompleteRead)):  # refused, reset, closed early
         return _Transient(Failure(Reason.CONNECTION_ERROR, str(exc) or type(exc).__name__))
@@ -258,7 +259,7 @@ def _addresses(target: Target, exchange: transport.Exchange, settings: Settings)
     """The addresses of the hop's host that may be connected to, resolved once."""
     refused: list[tuple[str, str | None]] = []
     allowed: list[tuple[str, str | None]] = []
-    for address in transport.resolve(target, exchange):
+    for address in dns.resolve(target, exchange):
         why = address_refusal(ipaddress.ip_address(address), settings)
         (allowed if why is None else refused).append((address, why))
     if allowed:

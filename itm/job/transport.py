@@ -4,12 +4,10 @@
   socket in use down at that deadline, so no read can block past it, however slowly
   the server drips;
 - ``request``: HTTP/1.1 (TLS verified against the host name, with the user's trust,
-  ``trust``) to an address the caller checked, so DNS cannot swap it; keep-alive
-  connections are pooled per process and reused only when pinned to such an address;
-  the pool is bounded in size and in idle time (``_Pool``), whatever the number of
-  hosts;
-- ``resolve``: the process's DNS cache (``_Resolver``), each lookup in a thread of
-  its own so that a slow resolver cannot hold a URL past its deadline;
+  ``itm.job.trust``) to an address the caller resolved (``itm.job.dns``) and checked,
+  so DNS cannot swap it; keep-alive connections are pooled per process and reused
+  only when pinned to such an address; the pool is bounded in size and in idle time
+  (``_Pool``), whatever the number of hosts;
 - no proxy variables, no ``~/.netrc``, no cookies: nothing from the environment or
   from another URL goes into a request.
 
@@ -20,24 +18,20 @@ Thread-safe.
 from __future__ import annotations
 
 import contextlib
-import functools
 import heapq
 import http.client
 import itertools
-import math
 import os
 import select
 import socket
 import ssl
-import sys
 import threading
 import time
 from collections import OrderedDict
-from typing import Any, Protocol
-
-import certifi
+from typing import Protocol
 
 from itm.config import Settings
+from itm.job.trust import trust
 from itm.job.urls import Target
 from itm.outcomes import Failure, Reason
 
@@ -48,20 +42,6 @@ DRAIN_BYTES = 4096
 DRAIN_SECONDS = 0.05
 IDLE_SECONDS = 4.0  # an idle pooled connection is closed this long after its last use
 SWEEP_SECONDS = 1.0  # the watchdog sweeps the pool at most this often
-DNS_SECONDS = 60.0  # a host's addresses are reused this long (getaddrinfo gives no TTL)
-DNS_FAILURE_SECONDS = 5.0  # a failed or unanswered lookup is remembered this long
-DNS_HOSTS = 10_000  # hosts remembered at most; the oldest answer goes first
-# Trust given the conventional way, in this order of precedence (see ``trust``).
-CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
-# The distributions' bundles, for a Python whose OpenSSL looks elsewhere (as truststore).
-SYSTEM_BUNDLES = (
-    "/etc/ssl/cert.pem",
-    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
-    "/etc/pki/tls/cert.pem",
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/ssl/ca-bundle.pem",
-)
-AddrInfo = tuple[Any, ...]  # one answer of socket.getaddrinfo
 
 
 class Exchange:
@@ -335,100 +315,6 @@ def _send(
     return conn.getresponse()
 
 
-def resolve(target: Target, exchange: Exchange) -> list[str]:
-    """Every address of the host, in the resolver's order. Numeric forms (``127.1``,
-    ``2130706433``, ``0x7f.1``) are read without a lookup; a name is looked up
-    through the process's cache (``_Resolver``)."""
-    try:
-        return _sockaddrs(
-            socket.getaddrinfo(
-                target.host, target.port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST
-            )
-        )
-    except socket.gaierror:
-        return _RESOLVER.addresses(target.host, exchange)
-
-
-class _Lookup:
-    """One host's lookup, shared by every thread that asks while it runs or is fresh."""
-
-    def __init__(self, host: str) -> None:
-        self.host = host
-        self.done = threading.Event()
-        self.until = math.inf  # fresh until then (monotonic time)
-        self.addresses: list[str] = []
-        self.error: str | None = None
-        self.abandoned = False  # a line waited for it until its deadline
-
-    def run(self) -> None:
-        try:
-            self.addresses = _sockaddrs(
-                socket.getaddrinfo(self.host, None, type=socket.SOCK_STREAM)
-            )
-        except (OSError, UnicodeError) as exc:
-            self.error = str(exc)
-        self.until = time.monotonic() + (DNS_FAILURE_SECONDS if self.error else DNS_SECONDS)
-        self.done.set()
-
-
-class _Resolver:
-    """The process's DNS cache, as a crawler keeps one.
-
-    An answer is reused for ``DNS_SECONDS``, a failure (or a lookup that outlived a
-    line's deadline) for ``DNS_FAILURE_SECONDS``; threads asking for a host whose lookup
-    runs wait for that one. A lookup runs in a thread of its own, so that a slow
-    resolver cannot hold a URL past its deadline. It fails closed: no answer, no
-    connection; and the caller still checks every address it is given.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._lookups: dict[str, _Lookup] = {}  # oldest first
-        self.started = 0
-
-    def addresses(self, host: str, exchange: Exchange) -> list[str]:
-        with self._lock:
-            lookup = self._lookups.get(host)
-            start = lookup is None or lookup.until <= time.monotonic()
-            if start:
-                self._lookups.pop(host, None)
-                if len(self._lookups) >= DNS_HOSTS:
-                    del self._lookups[next(iter(self._lookups))]
-                lookup = self._lookups[host] = _Lookup(host)
-                self.started += 1
-        assert lookup is not None
-        if start:
-            threading.Thread(target=lookup.run, name="itm-dns", daemon=True).start()
-        if not lookup.done.is_set():
-            if lookup.abandoned:
-                raise Failure(
-                    Reason.TIMEOUT,
-                    f"no DNS answer for {host} within a whole deadline; "
-                    f"not asked again for {DNS_FAILURE_SECONDS:g} s",
-                )
-            if not lookup.done.wait(exchange.remaining()):
-                with self._lock:
-                    lookup.abandoned = True
-                    lookup.until = min(lookup.until, time.monotonic() + DNS_FAILURE_SECONDS)
-                exchange.expired = True
-                raise OSError(f"no DNS answer for {host}")
-        if lookup.error is not None:
-            raise Failure(Reason.CONNECTION_ERROR, f"cannot resolve {host}: {lookup.error}")
-        return lookup.addresses
-
-
-_RESOLVER = _Resolver()
-
-
-def dns_lookups() -> int:
-    """Host name lookups this process has started (answers from the cache not counted)."""
-    return _RESOLVER.started
-
-
-def _sockaddrs(infos: list[AddrInfo]) -> list[str]:
-    return list(dict.fromkeys(info[4][0] for info in infos))
-
-
 def _connect(
     target: Target,
     context: ssl.SSLContext | None,
@@ -455,61 +341,6 @@ def _connect(
             discard(conn, exchange)
             error = exc
     raise error
-
-
-def trust(settings: Settings) -> tuple[ssl.SSLContext, str]:
-    """The TLS context for ``settings``, and the name of the trust it holds.
-
-    The first of: ``--ca-bundle``; ``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``,
-    ``SSL_CERT_DIR`` (every one that is set); the system's trust store with certifi's
-    bundle. A file or directory given replaces the default, as it does for requests,
-    pip and OpenSSL.
-    """
-    if settings.ca_bundle is not None:
-        return _context((("--ca-bundle", str(settings.ca_bundle)),))
-    return _context(
-        tuple((name, os.environ[name]) for name in CA_VARIABLES if os.environ.get(name))
-    )
-
-
-@functools.cache
-def _context(sources: tuple[tuple[str, str], ...]) -> tuple[ssl.SSLContext, str]:
-    if not sources:
-        return _system_context(), "the system's trust store and certifi's bundle"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    for name, path in sources:
-        try:
-            if os.path.isdir(path):
-                context.load_verify_locations(capath=path)
-            else:
-                context.load_verify_locations(cafile=path)
-        except (OSError, ValueError) as exc:
-            raise Failure(
-                Reason.CONNECTION_ERROR, f"cannot load the certificates of {name}={path}: {exc}"
-            ) from None
-    return context, " and ".join(f"{name}={path}" for name, path in sources)
-
-
-def _system_context() -> ssl.SSLContext:
-    """The operating system's trust store plus certifi's bundle, as pip trusts both.
-
-    On macOS and Windows the system verifies (``truststore``, as pip). Elsewhere the
-    store is a bundle file that OpenSSL loads here once per process: truststore would
-    load it again for every connection (20 ms of CPU each, measured).
-    """
-    if sys.platform in ("darwin", "win32"):
-        import truststore
-
-        context = truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    else:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.set_default_verify_paths()
-        if ssl.get_default_verify_paths().cafile is None:
-            bundle = next((path for path in SYSTEM_BUNDLES if os.path.isfile(path)), None)
-            if bundle is not None:
-                context.load_verify_locations(cafile=bundle)
-    context.load_verify_locations(cafile=certifi.where())
-    return context
 
 
 def finish(

@@ -47,8 +47,8 @@ import httpx
 import psutil
 
 from itm.api.serving import SERVE_ENV, serve_env
-from itm.config import Settings
-from itm.embedded import EmbeddedMongo, free_port
+from itm.config import Settings, free_port
+from itm.embedded import EmbeddedMongo
 from itm.store import connect
 from tests.support.apidata import ApiData, fill
 

@@ -39,8 +39,8 @@ from typing import NamedTuple
 import httpx
 
 from benchmarks.bench_api_scale import START, generate
-from itm.config import Settings
-from itm.embedded import EmbeddedMongo, free_port
+from itm.config import Settings, free_port
+from itm.embedded import EmbeddedMongo
 from itm.store import connect
 from tests.support.jobs import as_in_a_terminal
 

@@ -12,14 +12,14 @@ so their start is not counted; the Ray workers started during a stage are listed
   photographs (0.3-2 MP, ``grayscale_png`` of tests/support/photo_server.py's photos,
   prepared once), one line in 20 of them a duplicate image, 15% errors with realistic
   details; each group's grayscale list is put in the object store once, as
-  ``gray_batch`` returns it, and its lines are routed by ``shard_of`` to the K writers,
+  ``gray_group`` returns it, and its lines are routed by ``shard_of`` to the K writers,
   with 4 calls in flight per writer. Ceiling: K / (writer CPU per line).
 - ``slots``: the per-host limit (``--per-host 8``) alone: 3 download processes of 48
   threads each take a slot, hold it 0-2 ms (no network), give it back with a 200, on
   4 hosts (skewed), 1,000, or 100,000 (nearly a grant per line); the new design
   (``LocalGate`` + ``HostSlotActor``), and the old one (one ``HostTokenActor`` call
   per host change, commit 9aa2465, loaded from git). Ceiling: 1 / (actor CPU per line).
-- ``driver``: the real ``run_batches`` over lines that fail at once (a private
+- ``driver``: the real ``run_pipeline`` over lines that fail at once (a private
   address: ``blocked_address``), one writer, ``--per-host 0`` and 8 (1,000 hosts).
   Ceiling: 1 / (driver CPU per line).
 """
@@ -45,9 +45,9 @@ import ray
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, Files, State
-from itm.job.host_gate import ACTOR_NAME, LocalGate, start_host_slots
+from itm.job.host_gate import LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png
-from itm.job.pipeline import run_batches, shard_of
+from itm.job.pipeline import run_pipeline, shard_of
 from itm.job.ray_runtime import init_ray
 from itm.job.writer import start_writers
 from itm.outcomes import Failure
@@ -185,7 +185,7 @@ def writers_stage(
         writers = start_writers(uri, f"ceiling_writers_{k}", 60.0, k)
         ray.get([w.start_run.remote("ceiling", "bench", False) for w in writers])
         labels = {pid_of(w): f"writer {i}" for i, w in enumerate(writers)}
-        refs = [ray.put(group[2]) for group in groups]  # as gray_batch would return them
+        refs = [ray.put(group[2]) for group in groups]  # as gray_group would return them
         before, started = cpu_now(labels, db_pid), time.perf_counter()
         in_flight: list[Any] = []
         calls = 0
@@ -331,10 +331,10 @@ def driver_stage(uri: str, db_pid: int, lines: int) -> None:
         for run_id, part in ((f"warm-{per_host}", urls[:2000]), (f"run-{per_host}", urls)):
             ray.get(writers[0].start_run.remote(run_id, "bench", False))
             before, started = cpu_now(labels, db_pid), time.perf_counter()
-            counts = run_batches(part, writers, run_id, settings)
+            counts = run_pipeline(part, writers, run_id, settings)
             wall = time.perf_counter() - started
             if per_host and "slot actor" not in labels.values():
-                labels[pid_of(ray.get_actor(ACTOR_NAME))] = "slot actor"
+                labels[pid_of(start_host_slots(per_host, 40.0))] = "slot actor"  # the run's own
         assert counts.lines == lines, counts
         cpu = spent(f"driver per_host={per_host}", before, cpu_now(labels, db_pid))
         note = f"writer {cpu['writer 0'] / lines * 1000:.3f} ms/line"

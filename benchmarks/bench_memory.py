@@ -25,7 +25,7 @@ from ray._private.internal_api import memory_summary
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.job.lines import read_lines
-from itm.job.pipeline import run_batches
+from itm.job.pipeline import run_pipeline
 from itm.job.ray_runtime import init_ray
 from itm.job.writer import WriterActor
 from itm.outcomes import Counts
@@ -80,7 +80,7 @@ def main() -> None:
             if len(samples) == 0 or seen.lines - samples[-1][0] >= args.lines // 50:
                 samples.append((seen.lines, rss_mib(), object_store_used()))
 
-        run_batches(read_lines(urls, set()), [writer], "memory", settings, sample)
+        run_pipeline(read_lines(urls, set()), [writer], "memory", settings, sample)
         sample(Counts())
         print(f"{args.lines:,} lines; driver RSS and object store use while they ran")
         print("    lines  driver RSS MiB  object store MiB")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import socket
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -178,7 +179,8 @@ class Settings:
     )
     batch_size: int = _opt(
         32,
-        "input lines per Ray task and per writer call (at most): fewer tasks, workers and writes",
+        "lines per group at most (a group: the lines an md5 and a grayscale task take, and "
+        "the writers get, together): fewer tasks, workers and writes",
         check=at_least(1),
     )
     connect_timeout: float = _opt(5.0, "seconds to open a connection", check=positive)
@@ -251,7 +253,7 @@ class Settings:
         check=positive,
     )
     mongo_retry_seconds: float = _opt(
-        60.0, "seconds the writer keeps retrying while MongoDB is away"
+        60.0, "seconds the writer keeps reconnecting while MongoDB is away, before the run stops"
     )
 
     def __post_init__(self) -> None:
@@ -354,3 +356,12 @@ def _parse(kind: type, raw: str) -> object:
             return False
         raise ValueError(f"not a boolean: {raw!r}")
     return kind(raw)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on right now: for a server whose port no setting names
+    (the embedded MongoDB, Serve's proxy under direct ingress)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -83,7 +83,10 @@ class Reason(str, Enum):
         "(an ICO entry, a TIFF tile, a GIF frame)",
     )
     PROCESSING_ERROR = ("processing_error", "the decoder failed in an unexpected way")
-    WORKER_FAILED = ("worker_failed", "a task of the batch failed even after Ray's retries")
+    WORKER_FAILED = (
+        "worker_failed",
+        "a task of the line's group failed each time it was submitted",
+    )
     STORAGE_ERROR = (
         "storage_error",
         "MongoDB refused the line's documents (too large, invalid); the rest of the batch "

@@ -29,9 +29,9 @@ from itm.config import Settings
 from itm.embedded import EmbeddedMongo, EmbeddedMongoError
 from itm.job.fingerprint import fingerprint
 from itm.job.lines import count_lines, read_lines
-from itm.job.pipeline import run_batches, start_politeness
+from itm.job.pipeline import run_pipeline, start_politeness
 from itm.job.ray_runtime import init_ray
-from itm.job.retry import Retry, plan_retry, resumed_retry
+from itm.job.retry_run import RetryRun, plan_retry_run, resumed_retry_run
 from itm.job.writer import MongoUnavailable, start_writers, writer_count
 from itm.outcomes import Counts, parse_reasons
 from itm.store import connect, redact
@@ -83,7 +83,7 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
     with contextlib.closing(mongo_client(mongo_uri, settings)) as client:
         db = client[settings.db]
         try:
-            retry = _retry(settings, db, run_id)
+            retry = _retry_run(settings, db, run_id)
             urls = retry.urls if retry else settings.urls.resolve()
             total = retry.count(db) if retry else count_lines(urls)
             # A LineSet: a few ranges, however many lines are done.
@@ -125,22 +125,23 @@ def run_job(settings: Settings, mongo_uri: str, run_id: str) -> tuple[Counts, fl
                 bar.update(counts.lines)
 
             lines = retry.lines(db, done) if retry else read_lines(urls, done)
-            run_batches(lines, writers, run_id, settings, progress)
+            run_pipeline(lines, writers, run_id, settings, progress)
     totals = ray.get(writer.finish_run.remote(run_id))
     return totals, time.perf_counter() - started
 
 
-def _retry(settings: Settings, db: Database[Any], run_id: str) -> Retry | None:
-    """What this run retries: ``--retry-failed``, or the retry a resumed run started."""
+def _retry_run(settings: Settings, db: Database[Any], run_id: str) -> RetryRun | None:
+    """What this run retries: ``--retry-failed``, or the retry run a resumed run carries on."""
     if settings.retry_failed:
         reasons = parse_reasons(settings.reasons) if settings.reasons else None
-        return plan_retry(db, settings.retry_failed, reasons, settings.force_resume)
+        return plan_retry_run(db, settings.retry_failed, reasons, settings.force_resume)
     if settings.resume:
-        return resumed_retry(db, run_id, settings.force_resume)
+        return resumed_retry_run(db, run_id, settings.force_resume)
     return None
 
 
 def summary(run_id: str, totals: Counts, seconds: float) -> str:
+    """The run's summary, printed when its job ends."""
     reasons = ", ".join(f"{reason} {n}" for reason, n in totals.reasons.most_common()) or "none"
     return "\n".join(
         [
@@ -153,7 +154,7 @@ def summary(run_id: str, totals: Counts, seconds: float) -> str:
     )
 
 
-def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
+def serve_until_interrupted(settings: Settings, ray_dashboard: str | None) -> None:
     # Imported here: Serve and the API are heavy, and a --no-serve run needs neither.
     from ray import serve
 
@@ -172,8 +173,8 @@ def serve_until_interrupted(settings: Settings, dashboard: str | None) -> None:
     print(f"  {base}/monitoring         histogram of successes and errors per minute")
     print(f"  {base}/image/{example}")
     print(f"  MongoDB {redact(settings.mongo_uri)}, database {settings.db}")
-    if dashboard:
-        print(f"  Ray dashboard {dashboard}")
+    if ray_dashboard:
+        print(f"  Ray dashboard {ray_dashboard}")
     print("Ctrl-C to stop.")
     # `ray job stop` and `docker stop` send SIGTERM: stop as cleanly as on Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -203,7 +204,7 @@ class Services:
         self.mongo = ThreadPoolExecutor(1, thread_name_prefix="itm-mongo")  # start, then stop
         self.our_ray = False
         self.mongo_uri = ""
-        self.dashboard: str | None = None
+        self.ray_dashboard: str | None = None
 
     def __enter__(self) -> Services:
         try:
@@ -218,7 +219,7 @@ class Services:
                     f"(data in {self.settings.data_dir}/mongo{shared})"
                 )
             if self.our_ray:
-                print(f"itm: {ray_summary(self.settings.ray_address, self.dashboard)}")
+                print(f"itm: {ray_line(self.settings.ray_address, self.ray_dashboard)}")
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -232,13 +233,15 @@ class Services:
 
     def _start_ray(self) -> None:
         settings = self.settings
-        dashboard = settings.serve if settings.dashboard is None else settings.dashboard
+        start_dashboard = settings.serve if settings.dashboard is None else settings.dashboard
         if settings.serve and settings.ray_address is None:
             from itm.api.serving import apply_serve_env  # heavy: only when serving
 
             apply_serve_env(settings)  # read by Serve's processes as they start
         try:
-            self.dashboard = init_ray(settings.ray_address, dashboard, lean=not settings.serve)
+            self.ray_dashboard = init_ray(
+                settings.ray_address, start_dashboard, lean=not settings.serve
+            )
         except ConnectionError as exc:
             raise JobError(f"Ray at {settings.ray_address} is unreachable: {exc}") from None
         self.our_ray = True
@@ -254,15 +257,15 @@ class Services:
             self.mongo.shutdown(wait=True)
 
 
-def ray_summary(address: str | None, dashboard: str | None) -> str:
+def ray_line(address: str | None, ray_dashboard: str | None) -> str:
     """One line on the Ray the run uses: which, how many CPUs, where its dashboard is."""
     cpus = int(ray.cluster_resources().get("CPU", 0))
     if address:
         return f"joined the Ray cluster at {address}: {cpus} CPUs" + (
-            f", dashboard {dashboard}" if dashboard else ""
+            f", dashboard {ray_dashboard}" if ray_dashboard else ""
         )
     return f"started a local Ray: {cpus} CPUs, " + (
-        f"dashboard {dashboard}" if dashboard else "no dashboard (--dashboard starts one)"
+        f"dashboard {ray_dashboard}" if ray_dashboard else "no dashboard (--dashboard starts one)"
     )
 
 
@@ -281,12 +284,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary(run_id, totals, seconds))
             if settings.serve:
                 # The page links to the Ray dashboard (a URL the user gave wins).
-                dashboard = settings.ray_dashboard_url or services.dashboard
+                ray_dashboard = settings.ray_dashboard_url or services.ray_dashboard
                 serve_until_interrupted(
                     dataclasses.replace(
-                        settings, mongo_uri=services.mongo_uri, ray_dashboard_url=dashboard
+                        settings, mongo_uri=services.mongo_uri, ray_dashboard_url=ray_dashboard
                     ),
-                    dashboard,
+                    ray_dashboard,
                 )
         return 0
     except (JobError, EmbeddedMongoError, MongoUnavailable) as exc:

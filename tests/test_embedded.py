@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from itm.embedded import EmbeddedMongo, Pid, State, free_port
+from itm.config import free_port
+from itm.embedded import EmbeddedMongo
+from itm.embedded.datadir import State
+from itm.embedded.proc import Pid
 from itm.store import connect
 from tests.support.jobs import ItmProcess, write_urls
 from tests.support.servers import PicsumServer, picsum_lines

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from itm.embedded import free_port
+from itm.config import free_port
 from tests.support.jobs import ItmProcess, write_urls
 from tests.support.servers import PicsumServer, picsum_lines
 

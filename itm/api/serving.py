@@ -26,9 +26,9 @@ from ray import serve
 from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
-from itm.api.app import RETRY_AFTER_S, create_app, require_mongo_uri
-from itm.config import Settings
-from itm.embedded import free_port
+from itm.api.app import create_app, require_mongo_uri
+from itm.api.overload import RETRY_AFTER_S
+from itm.config import Settings, free_port
 
 APP_NAME = "itm"
 

@@ -5,11 +5,14 @@ is a streaming generator: it hands over each *group* of lines as soon as they ar
 downloaded, so a slow URL holds one thread, never its chunk-mates. Per group the
 driver submits three calls and waits on none of them:
 
-    download_batch ══ group ─┬─> md5_batch ──┐
-    (one chunk, threads)     └─> gray_batch ─┴─> writer.write
+    download_chunk ══ group ─┬─> md5_group ──┐
+    (one chunk, threads)     └─> gray_group ─┴─> writer.write
 
-The downloaded bytes are numpy arrays in the object store, so ``md5_batch`` and
-``gray_batch`` read the same shared memory in parallel, without copies.
+Each writer gets, in one ``write`` call, the lines of a group that are its share of
+the md5 space: the writer's *batch*. ``--batch-size`` bounds a group, hence a batch.
+
+The downloaded bytes are numpy arrays in the object store, so ``md5_group`` and
+``gray_group`` read the same shared memory in parallel, without copies.
 
 One source of bytes per line: a download task is never re-run by Ray (it would
 fetch new bytes behind our back, e.g. a random picsum photo, after md5 or gray
@@ -46,9 +49,9 @@ from itm.job.writer import MongoUnavailable
 from itm.outcomes import Counts, Failure, Line, Reason
 
 GROUP_WAIT = 0.1  # seconds a downloaded line may wait for its group to fill
-GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before batch_size lines
+GROUP_BYTES = 32 * 1024 * 1024  # a group of large images goes on before --batch-size lines
 CHUNK_ROUNDS = 16  # a chunk keeps every thread of its task busy this many times
-ATTEMPTS = 4  # downloads of a line whose task died or whose bytes were lost: as Ray retries
+ATTEMPTS = 4  # submissions of a line whose task died or whose bytes were lost (as Ray retries)
 DOWNLOAD_SHARE = 0.001  # of --download-resource per download task: a node holds many
 BACKSTOP_GRACE = 10.0  # seconds past the deadline before a silent download task is cancelled
 PROGRESS_EVERY = 1.0  # seconds between two heartbeats of the driver (with its oldest lines)
@@ -67,7 +70,7 @@ class Downloaded:
         return 0 if self.data is None else self.data.nbytes
 
 
-def _download(line: str, settings: Settings, hand: HostHand) -> Downloaded:
+def _fetch_line(line: str, settings: Settings, hand: HostHand) -> Downloaded:
     try:
         return Downloaded(np.frombuffer(fetch(line, settings, hand), dtype=np.uint8))
     except Failure as failure:
@@ -111,7 +114,7 @@ def groups(
 @ray.remote(  # type: ignore[call-overload,untyped-decorator]  # Ray's stubs lack this option
     num_cpus=0, scheduling_strategy="SPREAD", max_retries=0, _generator_backpressure_num_objects=4
 )
-def download_batch(
+def download_chunk(
     lines: list[Line], settings: Settings, threads: int, host_slots: ActorHandle[Any] | None
 ) -> Iterator[object]:
     done: queue.SimpleQueue[tuple[Line, Downloaded]] = queue.SimpleQueue()
@@ -124,7 +127,7 @@ def download_batch(
     def work() -> None:
         hand = HostHand(gate)
         while (line := todo.get()) is not None:
-            done.put((line, _download(line[1], settings, hand)))
+            done.put((line, _fetch_line(line[1], settings, hand)))
 
     def expect(at: int) -> None:
         """Tell the gate of the line ``threads`` ahead: its slot is asked for while the
@@ -160,13 +163,13 @@ def download_batch(
 # task that reserves no CPU gets a new worker process (~1-3 s of CPU to start)
 # whenever none is idle; so the pure steps never need more workers than CPUs.
 @ray.remote(num_cpus=1)
-def md5_batch(batch: list[Downloaded]) -> list[str | None]:
-    return [None if item.data is None else md5_hex(item.data) for item in batch]
+def md5_group(group: list[Downloaded]) -> list[str | None]:
+    return [None if item.data is None else md5_hex(item.data) for item in group]
 
 
 @ray.remote(num_cpus=1)
-def gray_batch(batch: list[Downloaded], settings: Settings) -> list[GrayImage | Failure]:
-    return [_gray(item, settings) for item in batch]
+def gray_group(group: list[Downloaded], settings: Settings) -> list[GrayImage | Failure]:
+    return [_gray(item, settings) for item in group]
 
 
 def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
@@ -177,7 +180,7 @@ def _gray(item: Downloaded, settings: Settings) -> GrayImage | Failure:
         return grayscale_png(item.data, settings.max_pixels, settings.png_level, decode_turn)
     except Failure as failure:
         return failure
-    except Exception as exc:  # a decoder bug must not cost the other lines of the batch
+    except Exception as exc:  # a decoder bug must not cost the other lines of the group
         return Failure(Reason.PROCESSING_ERROR, f"{type(exc).__name__}: {exc}")
 
 
@@ -204,12 +207,12 @@ def start_politeness(settings: Settings) -> ActorHandle[Any] | None:
     return start_host_slots(settings.per_host, settings.deadline + BACKSTOP_GRACE)
 
 
-def run_batches(
+def run_pipeline(
     lines: Iterable[Line],
     writers: Sequence[ActorHandle[Any]],
     run_id: str,
     settings: Settings,
-    on_batch: Callable[[Counts], None] = lambda counts: None,
+    on_written: Callable[[Counts], None] = lambda counts: None,
 ) -> Counts:
     """Push every line through the pipeline; return the outcomes this call wrote.
 
@@ -220,7 +223,7 @@ def run_batches(
     worker processes: one per download task, one per CPU, one per writer. The first
     writer also keeps the run's heartbeat.
     """
-    return _Driver(writers, run_id, settings, on_batch).run(lines)
+    return _Driver(writers, run_id, settings, on_written).run(lines)
 
 
 @dataclass
@@ -240,16 +243,16 @@ class _Driver:
         writers: Sequence[ActorHandle[Any]],
         run_id: str,
         settings: Settings,
-        on_batch: Callable[[Counts], None],
+        on_written: Callable[[Counts], None],
     ) -> None:
         self.writers, self.run_id, self.settings = list(writers), run_id, settings
-        self.on_batch = on_batch
+        self.on_written = on_written
         resource = settings.download_resource
         # Download tasks run on the nodes that offer the download resource, if one is set.
-        self.download_batch = (
-            download_batch.options(resources={resource: DOWNLOAD_SHARE})
+        self.download_chunk = (
+            download_chunk.options(resources={resource: DOWNLOAD_SHARE})
             if resource
-            else download_batch
+            else download_chunk
         )
         nodes = max(
             1,
@@ -269,7 +272,7 @@ class _Driver:
         self.routing: dict[ray.ObjectRef[list[str | None]], _Group] = {}  # md5s to come
         self.writing: dict[ray.ObjectRef[Counts], tuple[_Group, list[Line]]] = {}
         self.groups = 0  # between download and writers
-        self.again: deque[tuple[list[Line], int]] = deque()  # lines to download once more
+        self.resubmits: deque[tuple[list[Line], int]] = deque()  # chunks to submit again
         self.total = Counts()
         self.reported = 0.0  # monotonic time of the last heartbeat
 
@@ -280,7 +283,7 @@ class _Driver:
         return total
 
     def _report_hosts(self) -> None:
-        """One line on what the per-host limit did: hosts backed off, tokens, its cost."""
+        """One line on what the per-host limit did: hosts backed off, slots, its cost."""
         assert self.host_slots is not None
         try:
             stats: dict[str, Any] = ray.get(self.host_slots.stats.remote(), timeout=10)
@@ -298,14 +301,14 @@ class _Driver:
         chunks = _chunks(lines, self.threads * CHUNK_ROUNDS, self.nodes)
         exhausted = False
         while True:
-            while self._room_for_a_download() and (self.again or not exhausted):
-                if self.again:
-                    self._download(*self.again.popleft())
+            while self._room_for_a_download() and (self.resubmits or not exhausted):
+                if self.resubmits:
+                    self._submit_chunk(*self.resubmits.popleft())
                 elif (part := next(chunks, None)) is not None:
-                    self._download(part, 1)
+                    self._submit_chunk(part, 1)
                 else:
                     exhausted = True
-            if not self.downloading and not self.groups and not self.again:
+            if not self.downloading and not self.groups and not self.resubmits:
                 return self.total
             has_room = self.groups < self.groups_cap
             waitables = [*self.routing, *self.writing]
@@ -330,7 +333,7 @@ class _Driver:
             self._backstop(now)
             if now - self.reported >= PROGRESS_EVERY:
                 self.reported = now
-                # Fire and forget: the writer records it between two batches.
+                # Fire and forget: the writer records it between two writes.
                 self.writers[0].progress.remote(self.run_id, self._oldest_in_flight())
 
     def _oldest_in_flight(self) -> list[dict[str, Any]]:
@@ -352,8 +355,8 @@ class _Driver:
             len(chunk.pending) < self.threads for chunk in self.downloading.values()
         )
 
-    def _download(self, lines: list[Line], attempt: int) -> None:
-        generator = self.download_batch.remote(
+    def _submit_chunk(self, lines: list[Line], attempt: int) -> None:
+        generator = self.download_chunk.remote(
             lines, self.settings_ref, self.threads, self.host_slots
         )
         self.downloading[generator] = _Chunk(dict(lines), attempt)
@@ -365,16 +368,16 @@ class _Driver:
             data = next(generator)
         except StopIteration:
             del self.downloading[generator]
-            self._retry(list(chunk.pending.items()), chunk.attempt)  # empty unless a bug
+            self._resubmit(list(chunk.pending.items()), chunk.attempt)  # empty unless a bug
             return
         except ray.exceptions.RayError as exc:  # the task died: its worker, its node
             del self.downloading[generator]
-            self._retry(list(chunk.pending.items()), chunk.attempt, exc)
+            self._resubmit(list(chunk.pending.items()), chunk.attempt, exc)
             return
         group = [(number, chunk.pending.pop(number)) for number in numbers]
         chunk.quiet_since = time.monotonic()
-        md5s = md5_batch.remote(data)
-        grays = gray_batch.remote(data, self.settings_ref)
+        md5s = md5_group.remote(data)
+        grays = gray_group.remote(data, self.settings_ref)
         self.groups += 1
         if len(self.writers) == 1:  # no routing: the writer waits for md5s and grays itself
             self._write(_Group(group, chunk.attempt, grays), group, md5s)
@@ -388,7 +391,7 @@ class _Driver:
             md5s = ray.get(ref)
         except ray.exceptions.RayError as exc:  # no writer has seen these lines
             self.groups -= 1
-            self._retry(group.lines, group.attempt, exc)
+            self._resubmit(group.lines, group.attempt, exc)
             return
         shares: dict[int, list[int]] = {}
         for at, ((line, _), md5) in enumerate(zip(group.lines, md5s, strict=True)):
@@ -423,20 +426,22 @@ class _Driver:
         except ray.exceptions.RayError as exc:
             # md5 or gray failed for good, or the group's bytes were lost: the writer
             # has seen none of these lines; download them again.
-            self._retry(lines, group.attempt, exc)
+            self._resubmit(lines, group.attempt, exc)
             return
         self.total.add(counts)
-        self.on_batch(counts)
+        self.on_written(counts)
 
-    def _retry(self, lines: list[Line], attempt: int, error: Exception | None = None) -> None:
+    def _resubmit(self, lines: list[Line], attempt: int, error: Exception | None = None) -> None:
+        """Download ``lines`` again as a new chunk (their task died, or their bytes were lost),
+        or, past ``ATTEMPTS`` submissions, write them as ``worker_failed``."""
         if not lines:
             return
         if attempt < ATTEMPTS:
-            self.again.append((lines, attempt + 1))
+            self.resubmits.append((lines, attempt + 1))
             return
         text = str(error).strip()
         detail = text.splitlines()[-1] if text else type(error).__name__
-        self._record(lines, Failure(Reason.WORKER_FAILED, f"a task of this batch failed: {detail}"))
+        self._record(lines, Failure(Reason.WORKER_FAILED, f"a task of this group failed: {detail}"))
 
     def _record(self, lines: list[Line], failure: Failure) -> None:
         """Write lines that have no bytes as errors, each by the writer of its number."""

@@ -18,8 +18,8 @@ from PIL import Image
 from pymongo.database import Database
 
 from itm.api import chart, create_app, queries
-from itm.api.app import RECENT_RUNS
 from itm.api.coalesce import Coalescer
+from itm.api.routes import RECENT_RUNS
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo
 from itm.store import IMAGES, MONITORING

@@ -13,7 +13,7 @@ from pymongo.database import Database
 from pymongo.monitoring import CommandListener, CommandStartedEvent
 
 from itm.api import queries
-from itm.api.app import MAX_PAGE
+from itm.api.routes import MAX_PAGE
 from itm.outcomes import describe
 from itm.store import IMAGES, MONITORING
 from tests.support.apidata import START, ApiData

@@ -29,8 +29,8 @@ from itm.api.serving import (
     ApiDeployment,
     serve_api,
 )
-from itm.config import Settings
-from itm.embedded import EmbeddedMongo, free_port
+from itm.config import Settings, free_port
+from itm.embedded import EmbeddedMongo
 from tests.support.apidata import ApiData, fill
 from tests.support.jobs import ROOT, ItmProcess, write_urls
 

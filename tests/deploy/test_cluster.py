@@ -130,8 +130,8 @@ def test_a_multi_node_run_equals_the_single_node_run(
     )
     for node, names in sorted(per_node.items()):
         print(f"  {node[:12]}: {dict(names)}")
-    assert len([node for node, names in per_node.items() if names["gray_batch"]]) > 1
-    assert len([node for node, names in per_node.items() if names["download_batch"]]) > 1
+    assert len([node for node, names in per_node.items() if names["gray_group"]]) > 1
+    assert len([node for node, names in per_node.items() if names["download_chunk"]]) > 1
 
 
 def test_the_per_host_limit_holds_across_nodes(

@@ -21,7 +21,7 @@ from nbformat import NotebookNode
 from PIL import Image
 from pymongo.database import Database
 
-from itm.embedded import free_port
+from itm.config import free_port
 from itm.job.imaging import md5_hex
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS
 from tests.support.jobs import ROOT, PicsumRun

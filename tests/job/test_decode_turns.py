@@ -32,7 +32,7 @@ def large_png() -> bytes:
 
 class Watch(threading.Thread):
     """Samples Ray's workers (this process's descendants) every 20 ms: the largest sum,
-    at one instant, of what each worker running ``gray_batch`` holds above its resident
+    at one instant, of what each worker running ``gray_group`` holds above its resident
     memory when last seen doing anything else (idle, md5)."""
 
     def __init__(self) -> None:
@@ -50,7 +50,7 @@ class Watch(threading.Thread):
                     rss = process.memory_info().rss
                 except psutil.Error:
                     continue
-                if "gray_batch" not in title:
+                if "gray_group" not in title:
                     self.before[process.pid] = rss
                 elif process.pid in self.before:
                     growth += max(0, rss - self.before[process.pid])

@@ -19,7 +19,8 @@ import pytest
 from pymongo import MongoClient
 
 from itm.config import Settings
-from itm.job.download import dns_lookups, fetch
+from itm.job.dns import dns_lookups
+from itm.job.download import fetch
 from itm.outcomes import Failure
 from tests.support.host_servers import HostServer
 from tests.support.jobs import run_itm, write_urls

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from itm.config import Settings
-from itm.embedded import free_port
+from itm.config import Settings, free_port
 from itm.job.download import fetch
 from itm.outcomes import Failure
 from tests.support.servers import FaultServer

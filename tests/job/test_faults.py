@@ -22,11 +22,11 @@ from ray.actor import ActorHandle
 
 from itm import store
 from itm.api.queries import image_png
-from itm.config import Settings
-from itm.embedded import EmbeddedMongo, free_port
+from itm.config import Settings, free_port
+from itm.embedded import EmbeddedMongo
 from itm.job.imaging import grayscale_png, md5_hex
 from itm.job.lines import read_lines
-from itm.job.pipeline import run_batches
+from itm.job.pipeline import run_pipeline
 from itm.job.writer import MongoWriter, start_writers
 from itm.outcomes import Counts, Failure
 from tests.support.jobs import ItmProcess, job_flags, run_itm, run_itm_process, write_urls
@@ -94,12 +94,12 @@ def pipeline_run(
     latency: float,
     writers: int = 1,
 ) -> Counts:
-    """``lines`` (picsum paths) through ``run_batches`` with fresh writers, as run "faults"."""
+    """``lines`` (picsum paths) through ``run_pipeline`` with fresh writers, as run "faults"."""
     started = start_writers(mongo_uri, db.name, 60.0, writers)
     ray.get(started[0].start_run.remote("faults", "urls.txt", False))
     with PicsumServer(latency=latency) as server:
         urls = write_urls(tmp_path, picsum_lines(server.url, lines))
-        return run_batches(
+        return run_pipeline(
             read_lines(urls, set()),
             started,
             "faults",
@@ -142,7 +142,7 @@ def kill_task_workers() -> int:
             parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if parent == raylet and title.startswith(("ray::download_batch", "ray::gray_batch")):
+        if parent == raylet and title.startswith(("ray::download_chunk", "ray::gray_group")):
             os.kill(int(proc.name), signal.SIGKILL)
             killed += 1
     return killed

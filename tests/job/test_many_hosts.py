@@ -6,7 +6,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 from itm.config import Settings
-from itm.job.download import IDLE_SECONDS, SWEEP_SECONDS, fetch
+from itm.job.download import fetch
+from itm.job.transport import IDLE_SECONDS, SWEEP_SECONDS
 from tests.support.many_hosts import ManyHosts
 from tests.support.waiting import wait_until
 

@@ -19,7 +19,7 @@ from pymongo.database import Database
 from itm.api import create_app
 from itm.config import Settings
 from itm.job.fingerprint import fingerprint
-from itm.job.retry import Retry, merge
+from itm.job.retry_run import RetryRun, merge
 from itm.job.writer import MongoWriter
 from itm.outcomes import Failure
 from tests.support.apiclient import api_client
@@ -195,7 +195,7 @@ def test_a_retry_reads_the_same_failed_lines_before_and_after_its_run_finished(
     writer.start_run("cut", str(urls.resolve()), False, None, False, len(lines), None, None)
     failures = [Failure(reasons[n % 4], "failed") for n in range(1, 13)]
     writer.write("cut", list(enumerate(lines, 1)), [None] * 12, failures)
-    retry = Retry("cut", ["http_4xx", "timeout"], urls)
+    retry = RetryRun("cut", ["http_4xx", "timeout"], urls)
     wanted = [(n, lines[n - 1]) for n in range(1, 13) if n % 4 in (1, 3)]
     for finished in (False, True):
         if finished:
@@ -203,7 +203,7 @@ def test_a_retry_reads_the_same_failed_lines_before_and_after_its_run_finished(
         assert retry.count(db) == len(wanted)
         assert list(retry.lines(db, ())) == wanted
         assert list(retry.lines(db, {1, 3})) == wanted[2:]
-        assert Retry("cut", None, urls).count(db) == 12
+        assert RetryRun("cut", None, urls).count(db) == 12
 
 
 def test_merge_keeps_the_lines_named_in_order() -> None:

@@ -10,7 +10,8 @@ import pytest
 from pymongo import MongoClient
 
 from itm.config import Settings
-from itm.job.download import CA_VARIABLES, fetch
+from itm.job.download import fetch
+from itm.job.trust import CA_VARIABLES
 from itm.outcomes import Failure
 from tests.support.jobs import run_itm, write_urls
 from tests.support.tls import CA, HTTPSServer

@@ -28,7 +28,7 @@ from itm import store
 from itm.config import Settings
 from itm.job.imaging import GrayImage
 from itm.job.lines import read_lines
-from itm.job.pipeline import run_batches
+from itm.job.pipeline import run_pipeline
 from itm.job.urls import MAX_URL_LENGTH
 from itm.job.writer import MongoWriter, WriterActor, _bulk, utcnow
 from itm.outcomes import Counts, Failure
@@ -78,7 +78,7 @@ def job(
     running = [WriterActor.remote(mongo_uri, db, 60.0, MINUTE) for _ in range(writers)]
     done = ray.get(running[0].start_run.remote(run_id, str(urls), resume))
     started()
-    counts = run_batches(read_lines(urls, done), running, run_id, SETTINGS)
+    counts = run_pipeline(read_lines(urls, done), running, run_id, SETTINGS)
     ray.get(running[0].finish_run.remote(run_id))
     return counts
 

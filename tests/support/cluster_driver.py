@@ -17,7 +17,7 @@ from pathlib import Path
 
 from itm.config import Settings
 from itm.job.lines import read_lines
-from itm.job.pipeline import run_batches
+from itm.job.pipeline import run_pipeline
 from itm.job.ray_runtime import init_ray
 from itm.job.writer import WriterActor
 
@@ -34,7 +34,7 @@ def main(address: str, mongo_uri: str, db: str, urls: str) -> None:
         allow_private_addresses=True,
     )  # the test's server is on loopback
     writer = WriterActor.options(resources={"writer": 1}).remote(mongo_uri, db)
-    counts = run_batches(read_lines(settings.urls, ()), [writer], "cluster", settings)
+    counts = run_pipeline(read_lines(settings.urls, ()), [writer], "cluster", settings)
     print(json.dumps({"success": counts.success, "error": counts.error}))
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pymongo.database import Database
 
-from itm.embedded import Pid
+from itm.embedded.proc import Pid
 from itm.job.ray_runtime import LOCAL_ENV
 from itm.run import main
 from tests.support.servers import PicsumServer

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from itm.embedded import free_port
+from itm.config import free_port
 from tests.support.waiting import wait_until
 
 

@@ -1,13 +1,13 @@
 """Re-running what failed: the failed lines of a run, read again from its input file.
 
 Events keep a redacted, truncated URL; the input file keeps the line itself. So a
-retry streams the run's events from ``events`` (in line order, a window of lines at
-a time), keeps the failed ones in the driver, and merge-joins their numbers with a
-streaming read of the input: the URLs come from the file, the line numbers stay the
-original ones, and the driver holds one window of events and one line at a time,
-however long the run. The windows carry no filter on ``status`` or ``reason``: with
-one, SecantusDB leaves the (``run_id``, ``line``) index and scans the whole
-collection for every window.
+retry run (``--retry-failed``) streams the run's events from ``events`` (in line
+order, a window of lines at a time), keeps the failed ones in the driver, and
+merge-joins their numbers with a streaming read of the input: the URLs come from
+the file, the line numbers stay the original ones, and the driver holds one window
+of events and one line at a time, however long the run. The windows carry no filter
+on ``status`` or ``reason``: with one, SecantusDB leaves the (``run_id``, ``line``)
+index and scans the whole collection for every window.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from itm.outcomes import Line, reason_filter
 
 
 @dataclass(frozen=True)
-class Retry:
+class RetryRun:
     """What a retry run processes: the failed lines of ``of`` (for ``reasons``, or all)."""
 
     of: str
@@ -34,7 +34,7 @@ class Retry:
     urls: Path  # the input file of ``of``
 
     def count(self, db: Database[Any]) -> int:
-        """How many lines the retry processes in all: from the run's totals once it finished."""
+        """How many lines the retry run processes in all: from the run's totals once it finished."""
         run = db[store.RUNS].find_one({"_id": self.of}, {"totals.reasons": 1})
         reasons = (run or {}).get("totals", {}).get("reasons")
         if reasons is None:  # not finished: count its failed events
@@ -66,8 +66,10 @@ def merge(numbers: Iterable[int], lines: Iterable[Line]) -> Iterator[Line]:
             yield line
 
 
-def plan_retry(db: Database[Any], retry_of: str, reasons: list[str] | None, force: bool) -> Retry:
-    """The retry of ``retry_of``; ``ValueError`` if that run, or its unchanged input, is gone.
+def plan_retry_run(
+    db: Database[Any], retry_of: str, reasons: list[str] | None, force: bool
+) -> RetryRun:
+    """The retry run of ``retry_of``; ``ValueError`` if that run, or its unchanged input, is gone.
 
     The input must be the very file the run read (same fingerprint): line numbers of
     another file name other URLs. ``force`` takes the file as it is.
@@ -88,11 +90,11 @@ def plan_retry(db: Database[Any], retry_of: str, reasons: list[str] | None, forc
             f"changed: {known} then, {now} now); restore it, or pass "
             "--force-resume to retry its line numbers in the file as it is"
         )
-    return Retry(retry_of, reasons, urls)
+    return RetryRun(retry_of, reasons, urls)
 
 
-def resumed_retry(db: Database[Any], run_id: str, force: bool) -> Retry | None:
-    """The retry a resumed run carries on, or ``None`` when it is not a retry run.
+def resumed_retry_run(db: Database[Any], run_id: str, force: bool) -> RetryRun | None:
+    """The retry run a resumed run carries on, or ``None`` when it is not a retry run.
 
     A retry run remembers what it retries (``retry_of``, ``reasons``), so its resume
     processes the same failed lines, minus those it has done.
@@ -100,4 +102,4 @@ def resumed_retry(db: Database[Any], run_id: str, force: bool) -> Retry | None:
     run = db[store.RUNS].find_one({"_id": run_id}, {"retry_of": 1, "reasons": 1})
     if run is None or not run.get("retry_of"):
         return None
-    return plan_retry(db, run["retry_of"], run.get("reasons"), force)
+    return plan_retry_run(db, run["retry_of"], run.get("reasons"), force)

@@ -3,13 +3,15 @@
 Each download task takes a chunk of input lines and downloads them in threads. It
 is a streaming generator: it hands over each *group* of lines as soon as they are
 downloaded, so a slow URL holds one thread, never its chunk-mates. Per group the
-driver submits three calls and waits on none of them:
+driver submits md5 and gray at once, and waits on neither:
 
     download_chunk ══ group ─┬─> md5_group ──┐
-    (one chunk, threads)     └─> gray_group ─┴─> writer.write
+    (one chunk, threads)     └─> gray_group ─┴─> writer.write (one per share)
 
 Each writer gets, in one ``write`` call, the lines of a group that are its share of
-the md5 space: the writer's *batch*. ``--batch-size`` bounds a group, hence a batch.
+the md5 space: the writer's *batch*. With one writer, its call is submitted with the
+others; with K, once the group's md5s are known (a few hundred bytes), so that the
+driver can route each line. ``--batch-size`` bounds a group, hence a batch.
 
 The downloaded bytes are numpy arrays in the object store, so ``md5_group`` and
 ``gray_group`` read the same shared memory in parallel, without copies.

@@ -45,7 +45,7 @@ import ray
 
 from itm.config import Settings
 from itm.embedded import EmbeddedMongo, Files, State
-from itm.job.host_gate import LocalGate, start_host_slots
+from itm.job.host_gate import HostSlotActor, LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png
 from itm.job.pipeline import run_pipeline, shard_of
 from itm.job.ray_runtime import init_ray
@@ -293,7 +293,7 @@ def slots_stage(db_pid: int, seconds: float, designs: list[str]) -> None:
     }
     for design in designs:
         if design == "new":
-            actor = start_host_slots(8, 40.0)
+            actor = HostSlotActor.remote(8, 40.0)  # its own, killed after the stage
         else:
             from itm_old.host_gate import start_host_tokens
 

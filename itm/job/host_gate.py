@@ -44,19 +44,8 @@ class HostSlotActor:
     def __init__(self, per_host: int, lease: float) -> None:
         self.polls: dict[str, asyncio.Future[None]] = {}
         self.timer: asyncio.TimerHandle | None = None
-        self._start(per_host, lease)
-
-    async def reset(self, per_host: int, lease: float) -> None:
-        """A new run: fresh slots, scores and counts (nobody holds or waits for any)."""
-        for future in self.polls.values():  # left by a run that died: they give up
-            if not future.done():
-                future.set_result(None)
-        self._start(per_host, lease)
-
-    def _start(self, per_host: int, lease: float) -> None:
         self.slots = HostSlots(per_host, lease)
         self.calls = 0
-        self.cpu_started = time.process_time()
 
     async def tell(
         self, holder: str, changes: dict[str, Change], timed_out: int = 0, leave: bool = False
@@ -85,9 +74,10 @@ class HostSlotActor:
         return self.slots.mail(holder)
 
     async def stats(self) -> dict[str, Any]:
+        """What the slots did since the actor started, and its process's CPU seconds."""
         return asdict(self.slots.stats) | {
             "calls": self.calls,
-            "cpu_seconds": time.process_time() - self.cpu_started,
+            "cpu_seconds": time.process_time(),
         }
 
     def _dispatch(self, now: float) -> None:
@@ -326,21 +316,22 @@ class LocalGate:
 def start_host_slots(per_host: int, lease: float) -> ActorHandle[Any] | None:
     """The run's slot actor, or ``None`` for ``--per-host 0`` (unlimited: no actor).
 
-    The next run of the same driver on the same Ray (tests, a notebook) reuses the
-    actor, reset, rather than paying a new worker process. The handle is kept here:
-    an actor lives as long as the handle that created it (a handle found again by
-    name does not keep it alive), and it ends with the driver.
+    Later runs of the same driver on the same Ray with the same settings (tests, a
+    notebook, runs side by side in threads) share the actor, its slots and its
+    backoff: the limit holds across them, and no new worker process is paid. The
+    handle is kept here: an actor lives as long as the handle that created it (a
+    handle found again by name does not keep it alive), and it ends with the driver.
+    Nobody waits for a new actor to start: it starts while the download tasks do.
     """
     if not per_host:
         return None
     context = ray.get_runtime_context()
-    session = (context.gcs_address, context.get_job_id())
-    actor = _ACTORS.get(session)
-    if actor is None:  # it starts while the download tasks do: nobody waits for it here
-        actor = _ACTORS[session] = HostSlotActor.remote(per_host, lease)  # type: ignore[attr-defined]
-    else:
-        ray.get(actor.reset.remote(per_host, lease))  # before any download task can ask it
+    key = (context.gcs_address, context.get_job_id(), per_host, lease)
+    actor = _ACTORS.get(key)
+    if actor is None:
+        actor = _ACTORS[key] = HostSlotActor.remote(per_host, lease)  # type: ignore[attr-defined]
     return actor
 
 
-_ACTORS: dict[tuple[str, str], ActorHandle[Any]] = {}  # (Ray, driver's job) → its actor
+# (Ray, driver's job, per_host, lease) → the actor
+_ACTORS: dict[tuple[str, str, int, float], ActorHandle[Any]] = {}

@@ -279,23 +279,28 @@ class _Driver:
         self.reported = 0.0  # monotonic time of the last heartbeat
 
     def run(self, lines: Iterable[Line]) -> Counts:
+        if self.host_slots is None:
+            return self._run(lines)
+        before = self.host_slots.stats.remote()  # an actor of an earlier run goes on
         total = self._run(lines)
-        if self.host_slots is not None:
-            self._report_hosts()
+        self._report_hosts(before)
         return total
 
-    def _report_hosts(self) -> None:
-        """One line on what the per-host limit did: hosts backed off, slots, its cost."""
+    def _report_hosts(self, before: ray.ObjectRef[dict[str, Any]]) -> None:
+        """One line on what the per-host limit did in this run: hosts backed off (for the
+        actor's life), slots, its cost."""
         assert self.host_slots is not None
         try:
-            stats: dict[str, Any] = ray.get(self.host_slots.stats.remote(), timeout=10)
+            start, end = ray.get([before, self.host_slots.stats.remote()], timeout=10)
         except ray.exceptions.RayError:
             return
-        backed = ", ".join(f"{host} ({n} refusals)" for host, n in stats["backed_off"].items())
+        spent = {name: end[name] - start[name] for name in ("granted", "timed_out", "calls")}
+        backed = ", ".join(f"{host} ({n} refusals)" for host, n in end["backed_off"].items())
         print(
-            f"itm: --per-host {self.settings.per_host}: {stats['granted']} slots granted, "
-            f"{stats['timed_out']} waits timed out, backed off: {backed or 'none'}; slot "
-            f"actor {stats['calls']} calls, {stats['cpu_seconds']:.2f} s CPU",
+            f"itm: --per-host {self.settings.per_host}: {spent['granted']} slots granted, "
+            f"{spent['timed_out']} waits timed out, backed off: {backed or 'none'}; slot "
+            f"actor {spent['calls']} calls, {end['cpu_seconds'] - start['cpu_seconds']:.2f} "
+            "s CPU",
             flush=True,
         )
 

@@ -7,7 +7,7 @@ app on plain uvicorn and on a local Ray Serve for each request path, one server
 at a time, each in its own process (Serve reads its switches from the
 environment its processes start with):
 
-- ``proxy``: Serve's defaults, the path itm used before (proxy actor -> replica);
+- ``proxy``: Serve's defaults (proxy actor -> replica), itm's ``--no-direct-ingress``;
 - ``trimmed``: the proxy path with ``itm.api.serving.SERVE_ENV`` (no thread hops,
   buffered request logs);
 - ``direct``: ``itm.api.serving.serve_env`` with direct ingress, itm's default: the

@@ -7,7 +7,8 @@ per-minute counters: 1,000 events and 100 images, and 200,000 events and 20,000
 images. Serves each with plain uvicorn (the app's own cost, without Serve's) and
 times ``/``, ``/monitoring?format=json`` and ``/images`` from one client: the
 ratio large/small should stay under 2. For reference it also times, with
-pymongo, the events scan that the dashboard's errors-by-reason used to run.
+pymongo, a scan of the events by reason: what the dashboard would cost if it read
+the events instead of the per-minute counters.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def p50_ms(base: str, path: str, requests: int) -> float:
 
 
 def events_scan_ms(db: Database) -> float:
-    """What ``GET /`` used to run for errors by reason: a scan of every event."""
+    """Errors by reason from the events rather than the minute counters: a scan of every event."""
     started = time.perf_counter()
     list(
         db[EVENTS].aggregate(

@@ -2,7 +2,7 @@
 
 Only matplotlib's object API (a ``Figure`` per call, no pyplot): pyplot keeps
 global state, which concurrent requests of the API would share. A drawing holds
-the GIL for ~0.2 s, so the API hands it to a child process: the replica's event
+the GIL far longer than a request takes, so the API hands it to a child process: the replica's event
 loop and its other requests (a quick ``503`` included) never wait behind a chart.
 """
 
@@ -74,7 +74,7 @@ def render_histogram(buckets: Sequence[Bucket], empty_message: str = "no data ye
 
 # Spawned, never forked: the API's process runs threads (Ray's, uvicorn's, pymongo's).
 _SPAWN = multiprocessing.get_context("spawn")
-_painter: ProcessPoolExecutor | None = None  # started at the first drawing, ~1 s
+_painter: ProcessPoolExecutor | None = None  # spawned at the first drawing
 _painter_lock = threading.Lock()
 
 
@@ -97,7 +97,7 @@ def _draw(key: tuple[tuple[Bucket, ...], str]) -> bytes:
 # One drawing at a time (one drawing process), four more may wait; identical requests
 # share one drawing, and the last 128 charts (~30 KB each) are remembered, so a
 # dashboard reloaded while the counters stand still, or users going back and forth
-# over a few hours of windows, cost a query, not a drawing (~0.2 s of CPU).
+# over a few hours of windows, cost a query, not a drawing.
 charts: Coalescer[tuple[tuple[Bucket, ...], str], bytes] = Coalescer(
     _draw, running=1, waiting=4, cache=128, what="chart drawings"
 )
@@ -111,7 +111,7 @@ def histogram_png(buckets: Sequence[Bucket], empty_message: str = "no data yet")
 def _bars(
     left: np.ndarray, width: float, bottom: np.ndarray, height: np.ndarray, **style: Any
 ) -> PolyCollection:
-    """All the bars of one series as a single artist: one patch per bar draws ~10x slower.
+    """All the bars of one series as a single artist: one patch per bar draws many times slower.
 
     Not antialiased: bars are axis-aligned, and neighbours that touch leave no seam."""
     right = left + width

@@ -1,7 +1,7 @@
 """Expensive work done once for identical concurrent requests, and never too much at once.
 
-Pure threading, no web framework. The API's chart drawing (~0.1 s of CPU holding
-the GIL) goes through a ``Coalescer`` so that a burst of requests, even each for
+Pure threading, no web framework. The API's chart drawing (a long stretch of CPU
+holding the GIL) goes through a ``Coalescer`` so that a burst of requests, even each for
 another window, cannot pin the replica; the reads that do not depend on the caller
 (the dashboard's, the first page of images, the default histogram) go through one
 with a short ``max_age``, so that identical requests share one read of MongoDB; and

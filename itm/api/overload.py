@@ -89,7 +89,7 @@ def _fail_fast_when_down(client: MongoClient[Any]) -> None:
 
     Without it, every request would wait its whole time limit in server selection
     while MongoDB is down. Nor does a short probe do: pymongo's selection waits in
-    steps of 0.5 s whatever its timeout, so each "quick" 503 took 0.4-1 s.
+    steps of 0.5 s whatever its timeout, so a "quick" 503 would take up to a second.
     """
     topology = client.topology_description
     if topology.has_readable_server():

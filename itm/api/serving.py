@@ -12,7 +12,7 @@ Two request paths, chosen by the environment Serve's processes start with
   still starts, on another port of the same host (a free one), as a fallback.
 - **the proxy path** (``--no-direct-ingress``, or a Ray cluster started
   without ``serve_env``): Serve's proxy actor owns the port and hands every
-  request to a replica through Ray, ~5 ms and a CPU-bound hop more per request.
+  request to a replica through Ray: one more hop, and its CPU, per request.
 """
 
 from __future__ import annotations
@@ -43,9 +43,9 @@ SERVE_ENV = {
     "RAY_SERVE_LOG_TO_STDERR": "0",
 }
 # Read by Serve's controller, which a config file's runtime_env does not reach: the
-# controller reconciles every 0.5 s, not 0.1 s. Its loop was a third of the CPU an idle
-# Serve burns here (~100 ms/s, ~0.2 ms per request of /image at 1 client), for reaction
-# times (deploys, a dead replica) that a one-host API does not need.
+# controller reconciles every 0.5 s, not 0.1 s (Serve's default). Its loop is a large
+# share of the CPU an idle Serve burns, and the shorter interval buys reaction times
+# (deploys, a dead replica) that a one-host API does not need.
 CONTROLLER_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5"}
 DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
 MIN_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"

@@ -162,7 +162,7 @@ def download_chunk(
 
 
 # md5 shares the CPU slots with gray although it takes microseconds per image: a
-# task that reserves no CPU gets a new worker process (~1-3 s of CPU to start)
+# task that reserves no CPU gets a new worker process (seconds of CPU to start)
 # whenever none is idle; so the pure steps never need more workers than CPUs.
 @ray.remote(num_cpus=1)
 def md5_group(group: list[Downloaded]) -> list[str | None]:

@@ -23,8 +23,8 @@ LOCAL_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
-# Ray kills an idle worker process above the CPU count after ~1 s, and starts a new
-# one (~1-3 s of CPU) for the next task that finds none idle: a job's bursts of
+# Ray kills an idle worker process above the CPU count after 1 s (its default),
+# and starts a new one (seconds of CPU) for the next task that finds none idle: a job's bursts of
 # downloads would start workers again and again. The job bounds the tasks it runs at
 # once, so a local Ray keeps every worker it started until the job ends. A cluster
 # gets the same from `ray start --system-config` (see cluster.yaml).
@@ -38,7 +38,7 @@ class _LeanNode(ray._private.node.Node):
     """A local Ray head without the services that a run without dashboard never uses.
 
     ``ray.init`` starts them whatever its arguments, each a Python process that pays
-    ~1-1.5 s of CPU importing Ray: the autoscaler monitor (one laptop never scales),
+    a second or more of CPU importing Ray: the autoscaler monitor (one laptop never scales),
     the log monitor (it streams worker logs to drivers; ours asks for none), and a
     dashboard head even with ``include_dashboard=False`` (it then only reports usage
     stats, which ``LOCAL_ENV`` turns off), which ``ray.init`` waits for. Ray 2.60's
@@ -59,9 +59,9 @@ def _as_minimal_install() -> ImportError:
     """Ray's test for its dashboard packages, answered as a minimal ``pip install ray``.
 
     The raylet then starts its dashboard agent in minimal mode: no metrics server
-    and no agent modules, so it is up at once, where the full agent (~2 s of CPU)
+    and no agent modules, so it is up at once, where the full agent (seconds of CPU)
     holds the raylet's registration, hence ``ray.init``, until it serves. The driver
-    also skips importing aiohttp and OpenTelemetry (~0.7 s) to find the answer.
+    also skips importing aiohttp and OpenTelemetry to find the answer.
     Metrics (``itm_lines_total``) are then not exported: nothing scrapes them
     without a dashboard.
     """

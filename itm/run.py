@@ -34,7 +34,8 @@ from itm.job.ray_runtime import init_ray
 from itm.job.retry_run import RetryRun, plan_retry_run, resumed_retry_run
 from itm.job.writer import MongoUnavailable, start_writers, writer_count
 from itm.outcomes import Counts, parse_reasons
-from itm.store import connect, redact
+from itm.redaction import redact
+from itm.store import connect
 
 
 class JobError(RuntimeError):

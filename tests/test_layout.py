@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.support.jobs import ROOT
 
-SHARED = {"itm", "itm.config", "itm.store", "itm.outcomes", "itm.embedded"}
+SHARED = {"itm", "itm.config", "itm.store", "itm.outcomes", "itm.redaction", "itm.embedded"}
 
 
 def imports(path: Path) -> set[str]:

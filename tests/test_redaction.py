@@ -1,150 +1,137 @@
-"""Secrets in a URL list are sent where they belong and nowhere else: a real job on the
-session's Ray and SecantusDB, a real image server on loopback that refuses a request
-without its signature, and the API (TestClient) while the job runs and after.
-"""
+"""``redaction.redact``: what is stored, served and printed of a URL or a MongoDB URI."""
 
 from __future__ import annotations
 
-import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Any
-
 import pytest
-from pymongo.database import Database
 
-from itm.api import create_app
-from itm.config import Settings
-from itm.store import EVENTS, IMAGES, MONITORING, RUNS
-from tests.support.apiclient import api_client
-from tests.support.jobs import run_itm, write_urls
-from tests.support.servers import PicsumHandler, PicsumServer
-from tests.support.waiting import wait_until
-
-SIGNATURE = "5ig0123456789abcdef"
-TOKEN = "t0ken-0123456789"
-CREDENTIAL = "AKIAEXAMPLE0123"
-PASSWORD = "p4ssw0rd"
-SECRETS = (SIGNATURE, TOKEN, CREDENTIAL, PASSWORD, "hunter2")
+from itm.redaction import has_userinfo, is_secret_name, redact
 
 
-class SignedHandler(PicsumHandler):
-    """picsum, but a first hop (``/W/H``) is a 403 unless its query carries the signature."""
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        # userinfo, in every spelling a parser reads as one
+        ("http://user:secret@host/a", "http://***@host/a"),
+        ("  HTTPS://a@b@host:81/x@y", "  HTTPS://***@host:81/x@y"),
+        ("http://user:pa/ss@host/x.jpg", "http://***@host/x.jpg"),
+        ("http://user:pa?ss@host/", "http://***@host/"),
+        ("http://user:pa#ss@host/", "http://***@host/"),
+        ("http://u:pw@host/logo@2x.png", "http://***@host/logo@2x.png"),
+        ("//user:secret@host/a", "//***@host/a"),
+        ("http:user:secret@host/a", "http:***@host/a"),
+        ("http:\\\\user:secret@host\\a", "http:\\\\***@host\\a"),
+        ("http:/user:secret@host/a", "http:/***@host/a"),
+        ("http://host\\user:secret@other/a", "http://***@other/a"),
+        ("user:secret@host", "user:***@host"),
+        ("see http://user:secret@host/a", "see http://***@host/a"),
+        ("http://a/1 http://user:secret@b/2", "http://a/1 http://***@b/2"),
+        # an "@" after the host is no userinfo
+        ("http://host/path@x", "http://host/path@x"),
+        ("https://cdn.example/img/logo@2x.png", "https://cdn.example/img/logo@2x.png"),
+        ("http://host:8080/@alice/a.jpg", "http://host:8080/@alice/a.jpg"),
+        ("http://[::1]:80/a@b", "http://[::1]:80/a@b"),
+        ("http://host/a?mail=a@b.example", "http://host/a?mail=a@b.example"),
+        # query tokens and signatures, any case, percent-encoded names too
+        ("http://h/a.jpg?token=abc&w=100", "http://h/a.jpg?token=***&w=100"),
+        ("http://h/a.jpg?w=1&ACCESS_TOKEN=abc", "http://h/a.jpg?w=1&ACCESS_TOKEN=***"),
+        (
+            "https://b.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=AKIAEXAMPLE/20260101/us-east-1/s3/aws4_request"
+            "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host"
+            "&X-Amz-Security-Token=FQoG&X-Amz-Signature=0123abcd",
+            "https://b.s3.amazonaws.com/k.jpg?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+            "&X-Amz-Credential=***"
+            "&X-Amz-Date=20260101T000000Z&X-Amz-Expires=900&X-Amz-SignedHeaders=host"
+            "&X-Amz-Security-Token=***&X-Amz-Signature=***",
+        ),
+        (
+            "https://storage.googleapis.com/b/o.png?X-Goog-Credential=sa%40p.iam"
+            "&X-Goog-Signature=9f&X-Goog-Expires=60",
+            "https://storage.googleapis.com/b/o.png?X-Goog-Credential=***"
+            "&X-Goog-Signature=***&X-Goog-Expires=60",
+        ),
+        (
+            "https://a.blob.core.windows.net/c/p.jpg?sv=2024&se=2026&sp=r&sig=AbC%2Bd%3D",
+            "https://a.blob.core.windows.net/c/p.jpg?sv=2024&se=2026&sp=r&sig=***",
+        ),
+        (
+            "http://h/p.jpg?Expires=1&Signature=x~y&Key-Pair-Id=K",
+            "http://h/p.jpg?Expires=1&Signature=***&Key-Pair-Id=K",
+        ),
+        (
+            "http://h/p?key=AIza&api_key=1&apiKey=2&x-api-key=3",
+            "http://h/p?key=***&api_key=***&apiKey=***&x-api-key=***",
+        ),
+        (
+            "http://h/p?password=1;pwd=2;client_secret=3",
+            "http://h/p?password=***;pwd=***;client_secret=***",
+        ),
+        ("http://h/p?X%2DAmz%2DSignature=1", "http://h/p?X%2DAmz%2DSignature=***"),
+        ("http://h/p?token=&sig", "http://h/p?token=&sig"),
+        ("http://h/p.jpg;jsessionid=ABC?w=1", "http://h/p.jpg;jsessionid=***?w=1"),
+        ("http://h/cb#access_token=abc&state=s", "http://h/cb#access_token=***&state=s"),
+        ("http://h/p?monkey=1&keys=2&sortkey=3", "http://h/p?monkey=1&keys=2&sortkey=3"),
+        # both at once, and a line longer than a URL may be
+        ("http://u:p@h/a?token=t#sig=s", "http://***@h/a?token=***#sig=***"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_redact_hides_every_secret_and_keeps_the_rest(text: str, shown: str) -> None:
+    assert redact(text) == shown
+    assert redact(shown) == shown  # what is shown has nothing left to hide
 
-    def do_GET(self) -> None:
-        path, _, query = self.path.partition("?")
-        if not path.startswith("/id/"):
-            with self.server.owner.lock:
-                self.server.owner.asked.append(self.path)
-            if SIGNATURE not in query:
-                self.reply(403, b"signature required")
-                return
-        self.path = path
-        super().do_GET()
+
+@pytest.mark.parametrize(
+    "uri, shown",
+    [
+        ("mongodb://localhost:27017", "mongodb://localhost:27017"),
+        (
+            "mongodb://itm-job:s3cret@mongo:27017/?authSource=admin",
+            "mongodb://***@mongo:27017/?authSource=admin",
+        ),
+        (
+            "mongodb+srv://u:p%40ss@cluster0.example.net/db?retryWrites=true",
+            "mongodb+srv://***@cluster0.example.net/db?retryWrites=true",
+        ),
+        (
+            "mongodb://u:p@h1:27017,h2:27018/db?tls=true&tlsCertificateKeyFile=/c.pem"
+            "&tlsCertificateKeyFilePassword=k3y",
+            "mongodb://***@h1:27017,h2:27018/db?tls=true&tlsCertificateKeyFile=/c.pem"
+            "&tlsCertificateKeyFilePassword=***",
+        ),
+        (
+            "mongodb://AKIA:s3cret@h/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:FQoG",
+            "mongodb://***@h/?authMechanism=MONGODB-AWS"
+            "&authMechanismProperties=SERVICE_NAME:mongodb,AWS_SESSION_TOKEN:***",
+        ),
+        (
+            "mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN%3AFQoG",
+            "mongodb://h/?authMechanismProperties=***",
+        ),
+        (
+            "mongodb://h/?authMechanismProperties=ENVIRONMENT:azure,TOKEN_RESOURCE:api",
+            "mongodb://h/?authMechanismProperties=ENVIRONMENT:azure,TOKEN_RESOURCE:api",
+        ),
+        (
+            "mongodb://h/?sslClientCertificateKeyPassword=k",
+            "mongodb://h/?sslClientCertificateKeyPassword=***",
+        ),
+    ],
+)
+def test_redact_hides_the_secrets_of_a_mongodb_uri(uri: str, shown: str) -> None:
+    assert redact(uri) == shown
 
 
-class SignedPicsum(PicsumServer):
-    def __init__(self) -> None:
-        super().__init__(photos=3)
-        self.httpd.RequestHandlerClass = SignedHandler
-        self.lock = threading.Lock()
-        self.asked: list[str] = []
+def test_userinfo_is_told_from_an_at_sign_in_a_path() -> None:
+    assert has_userinfo("http://user:pa/ss@host/") and has_userinfo("http:user:pw@host")
+    assert not has_userinfo("https://cdn.example/logo@2x.png")
+    assert not has_userinfo("http://host:8080/a@b") and not has_userinfo("not a url user")
 
 
-def lines_of(base: str) -> list[str]:
-    port = base.rpartition(":")[2]
-    host = f"127.0.0.1:{port}"
-    return [
-        # fetched with their secrets, stored without them
-        f"{base}/40/30?X-Amz-Credential={CREDENTIAL}%2F20260101&X-Amz-Signature={SIGNATURE}",
-        f"{base}/41/30?w=1&token={TOKEN}&sig={SIGNATURE}",
-        f"{base}/42/30?Signature={SIGNATURE}#access_token={TOKEN}",
-        f"{base}/43/30?api_key={TOKEN}",  # no signature: the server's 403
-        # userinfo, in the spellings parsers take for it: never sent, never stored
-        f"http://user:{PASSWORD}@{host}/44/30",
-        f"http://user:{PASSWORD}/hunter2@{host}/45/30",
-        f"http://user:{PASSWORD}?hunter2@{host}/46/30",
-        f"//user:{PASSWORD}@{host}/47/30",
-        f"http:user:{PASSWORD}@{host}/48/30",
-        f"http:\\\\user:{PASSWORD}@{host}\\49\\30",
-    ]
-
-
-def assert_no_secret(what: str, text: str) -> None:
-    for secret in SECRETS:
-        assert secret not in text, f"{secret!r} in {what}: {text}"
-
-
-def documents(db: Database) -> str:
-    found: list[Any] = []
-    for name in (EVENTS, IMAGES, MONITORING, RUNS):
-        found += db[name].find({}, {"gray": 0})
-    return json.dumps(found, default=str)
-
-
-def test_secrets_are_fetched_but_never_stored_nor_served(
-    mongo_uri: str,
-    db: Database,
-    ray_local: None,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    settings = Settings(mongo_uri=mongo_uri, db=db.name)
-    with (
-        SignedPicsum() as server,
-        api_client(create_app(settings)) as client,
-        ThreadPoolExecutor(1) as pool,
-    ):
-        lines = lines_of(server.url)
-        urls = write_urls(tmp_path, lines)
-        server.open.clear()  # the downloads wait at the server: the run is seen mid-way
-        job = pool.submit(run_itm, mongo_uri, db.name, urls)
-        try:
-
-            def in_flight() -> bool:
-                assert not job.done(), "the job ended while the server held it"
-                return db[RUNS].find_one({"in_flight.0": {"$exists": True}}) is not None
-
-            wait_until(in_flight, "lines in flight")
-            (run,) = client.get("/runs").json()["items"]
-            running = client.get(f"/runs/{run['id']}")
-            dashboard = client.get("/")
-        finally:
-            server.open.set()
-        assert job.result() == 0
-        finished = client.get(f"/runs/{run['id']}").json()
-        images = client.get("/images").text
-
-    # The real URLs went out: the server saw every signature, and answered.
-    assert sorted(asked.partition("?")[2] for asked in server.asked) == sorted(
-        line.partition("?")[2].partition("#")[0] for line in lines[:4]
-    )
-    events = {event["line"]: event for event in db[EVENTS].find({"run_id": run["id"]})}
-    assert [events[n]["status"] for n in (1, 2, 3)] == ["success"] * 3
-    assert events[4]["reason"] == "http_403"
-    assert {events[n]["reason"] for n in range(5, 11)} == {"invalid_url"}
-    assert all("credentials" in events[n]["detail"] for n in range(5, 11))
-
-    # What was stored and served says which URL it was, its secrets as ***.
-    assert events[1]["url"] == (f"{server.url}/40/30?X-Amz-Credential=***&X-Amz-Signature=***")
-    assert events[3]["url"] == f"{server.url}/42/30?Signature=***#access_token=***"
-    assert events[5]["url"] == f"http://***@127.0.0.1:{server.url.rpartition(':')[2]}/44/30"
-    assert {image["source_url"] for image in db[IMAGES].find()} <= {
-        events[n]["url"] for n in (1, 2, 3)
-    }
-    shown = [line["url"] for line in running.json()["in_flight"]]
-    assert shown and all("***" in url for url in shown)
-    assert_no_secret("the database", documents(db))
-    for what, text in [
-        ("GET /runs/{id} while running", running.text),
-        ("GET /runs/{id} finished", json.dumps(finished)),
-        ("the dashboard", dashboard.text),
-        ("GET /images", images),
-        ("the job's output", "".join(capsys.readouterr())),
-    ]:
-        assert_no_secret(what, text)
-
-    # The run's input is named, not the server's path to it.
-    assert finished["input"] == "urls.txt"
-    assert str(tmp_path) not in running.text + json.dumps(finished) + dashboard.text
+def test_secret_names_are_matched_whole_or_by_their_ending() -> None:
+    for name in ("token", "Refresh_Token", "X-Amz-Signature", "AWS_SESSION_TOKEN", "sig", "key"):
+        assert is_secret_name(name), name
+    for name in ("w", "keys", "monkey", "signed", "Key-Pair-Id", "X-Amz-Date", "tokens"):
+        assert not is_secret_name(name), name

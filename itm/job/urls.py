@@ -15,7 +15,7 @@ from requests.utils import requote_uri
 from itm.config import Settings
 from itm.job.lines import MAX_LINE
 from itm.outcomes import Failure, Reason
-from itm.store import has_userinfo, redact
+from itm.redaction import has_userinfo, redact
 
 MAX_URL_LENGTH = 2048
 SCHEMES = ("http", "https")
@@ -41,7 +41,7 @@ LINK_LOCAL_FLAG = "--allow-link-local-addresses (ITM_ALLOW_LINK_LOCAL_ADDRESSES=
 
 
 def shown_url(line: str) -> str:
-    """A line as itm stores and serves it: its secrets masked (``store.redact``), cut to
+    """A line as itm stores and serves it: its secrets masked (``redaction.redact``), cut to
     ``MAX_URL_LENGTH`` characters. The URL fetched is the line itself.
 
     Redacted before it is cut, so that no secret is half kept; of a longer line, only
@@ -55,7 +55,7 @@ def check_url(line: str) -> str:
 
     Only absolute http and https URLs with a host pass; ``file://`` and every other
     scheme are refused here, so they are never opened. So are URLs carrying
-    ``user:password@``, in any spelling (``store.has_userinfo``): itm never sends
+    ``user:password@``, in any spelling (``redaction.has_userinfo``): itm never sends
     credentials found in a list, and no detail quotes a piece of them.
     """
     if len(line) > MAX_LINE:

@@ -44,7 +44,8 @@ import psutil
 import ray
 
 from itm.config import Settings
-from itm.embedded import EmbeddedMongo, Files, State
+from itm.embedded import EmbeddedMongo
+from itm.embedded.datadir import Files, State
 from itm.job.host_gate import HostSlotActor, LocalGate, start_host_slots
 from itm.job.imaging import GrayImage, grayscale_png
 from itm.job.pipeline import run_pipeline, shard_of

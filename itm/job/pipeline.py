@@ -231,12 +231,22 @@ def run_pipeline(
 @dataclass
 class _Group:
     """Lines between their download and their writers: the ``lines`` of ``attempt``,
-    whose grayscale ``grays`` the writers read; ``writes`` still to be done."""
+    whose grayscale ``grays`` the writers read; ``parts`` not written yet."""
 
     lines: list[Line]
     attempt: int
-    grays: ray.ObjectRef[list[GrayImage | Failure]] | None = None
-    writes: int = 0
+    grays: ray.ObjectRef[list[GrayImage | Failure]]
+    parts: int = 0
+
+
+@dataclass
+class _Batch:
+    """One writer's next call: its share of several groups (``positions`` in each)."""
+
+    parts: list[tuple[_Group, list[int]]] = field(default_factory=list)
+    lines: list[Line] = field(default_factory=list)
+    md5s: list[str | None] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
 
 
 class _Driver:
@@ -272,7 +282,8 @@ class _Driver:
         self.host_slots = start_politeness(settings)
         self.downloading: dict[ObjectRefGenerator, _Chunk] = {}
         self.routing: dict[ray.ObjectRef[list[str | None]], _Group] = {}  # md5s to come
-        self.writing: dict[ray.ObjectRef[Counts], tuple[_Group, list[Line]]] = {}
+        self.batches: dict[int, _Batch] = {}  # per writer, its share of routed groups
+        self.writing: dict[ray.ObjectRef[Counts], list[tuple[_Group, list[int]]]] = {}
         self.groups = 0  # between download and writers
         self.resubmits: deque[tuple[list[Line], int]] = deque()  # chunks to submit again
         self.total = Counts()
@@ -322,9 +333,13 @@ class _Driver:
             if has_room:
                 waitables += self.downloading
             # Everything ready at once, else a wait for the first: one pass for many results.
-            ready, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0, fetch_local=False)
-            if not ready:
-                ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0, fetch_local=False)
+            ready: list[Any] = []
+            if waitables:
+                everything = len(waitables)
+                ready, _ = ray.wait(waitables, num_returns=everything, timeout=0, fetch_local=False)
+            if waitables and not ready:
+                wait = GROUP_WAIT if self.batches else 1.0  # a batch must not wait for long
+                ready, _ = ray.wait(waitables, num_returns=1, timeout=wait, fetch_local=False)
             now = time.monotonic()
             for chunk in self.downloading.values():
                 if not has_room:  # the task waits on us, not on the network
@@ -338,6 +353,7 @@ class _Driver:
                 else:
                     self._written(ref)
             self._backstop(now)
+            self._flush(now)
             if now - self.reported >= PROGRESS_EVERY:
                 self.reported = now
                 # Fire and forget: the writer records it between two writes.
@@ -387,7 +403,9 @@ class _Driver:
         grays = gray_group.remote(data, self.settings_ref)
         self.groups += 1
         if len(self.writers) == 1:  # no routing: the writer waits for md5s and grays itself
-            self._write(_Group(group, chunk.attempt, grays), group, md5s)
+            whole = _Group(group, chunk.attempt, grays, parts=1)
+            ref = self.writers[0].write.remote(self.run_id, group, md5s, grays)
+            self.writing[ref] = [(whole, list(range(len(group))))]
         else:
             self.routing[md5s] = _Group(group, chunk.attempt, grays)
 
@@ -400,40 +418,57 @@ class _Driver:
             self.groups -= 1
             self._resubmit(group.lines, group.attempt, exc)
             return
+        self._share(group, md5s)
+
+    def _share(self, group: _Group, md5s: list[str | None]) -> None:
+        """Add each line of ``group`` to the batch of its writer; a full batch goes."""
         shares: dict[int, list[int]] = {}
         for at, ((line, _), md5) in enumerate(zip(group.lines, md5s, strict=True)):
             shares.setdefault(shard_of(md5, line, len(self.writers)), []).append(at)
         for shard, positions in shares.items():
-            lines = [group.lines[at] for at in positions]
-            self._write(group, lines, [md5s[at] for at in positions], positions, shard)
+            batch = self.batches.setdefault(shard, _Batch())
+            batch.parts.append((group, positions))
+            batch.lines += [group.lines[at] for at in positions]
+            batch.md5s += [md5s[at] for at in positions]
+            group.parts += 1
+            if len(batch.lines) >= self.settings.batch_size:
+                self._write(shard)
 
-    def _write(
-        self,
-        group: _Group,
-        lines: list[Line],
-        md5s: ray.ObjectRef[list[str | None]] | list[str | None],
-        positions: list[int] | None = None,
-        shard: int = 0,
-    ) -> None:
-        """One writer call; the writer reads its lines' grayscale from the group's."""
-        write = self.writers[shard].write.remote
-        ref = write(self.run_id, lines, md5s, group.grays, positions)
-        group.writes += 1
-        self.writing[ref] = (group, lines)
+    def _write(self, shard: int) -> None:
+        """The batch of one writer, in one call: it reads its lines' grayscale in place
+        from each group's (every group a top-level argument, so Ray has them ready)."""
+        batch = self.batches.pop(shard)
+        ref = self.writers[shard].write.remote(
+            self.run_id,
+            batch.lines,
+            batch.md5s,
+            *[group.grays for group, _ in batch.parts],
+            positions=[positions for _, positions in batch.parts],
+        )
+        self.writing[ref] = batch.parts
+
+    def _flush(self, now: float) -> None:
+        """Batches go once they waited ``GROUP_WAIT``, or when no more lines can join them."""
+        last = not self.downloading and not self.routing and not self.resubmits
+        for shard, batch in list(self.batches.items()):
+            if last or now - batch.since >= GROUP_WAIT:
+                self._write(shard)
 
     def _written(self, ref: ray.ObjectRef[Counts]) -> None:
-        group, lines = self.writing.pop(ref)
-        group.writes -= 1
-        if group.writes == 0:
-            self.groups -= 1
+        parts = self.writing.pop(ref)
+        for group, _ in parts:
+            group.parts -= 1
+            if group.parts == 0:
+                self.groups -= 1
         try:
             counts = ray.get(ref)
         except (MongoUnavailable, ray.exceptions.RayActorError):
             raise  # the writer itself is gone or gave up: the job cannot go on
         except ray.exceptions.RayError as exc:
-            # md5 or gray failed for good, or the group's bytes were lost: the writer
+            # md5 or gray failed for good, or a group's bytes were lost: the writer
             # has seen none of these lines; download them again.
-            self._resubmit(lines, group.attempt, exc)
+            for group, positions in parts:
+                self._resubmit([group.lines[at] for at in positions], group.attempt, exc)
             return
         self.total.add(counts)
         self.on_written(counts)
@@ -452,14 +487,8 @@ class _Driver:
 
     def _record(self, lines: list[Line], failure: Failure) -> None:
         """Write lines that have no bytes as errors, each by the writer of its number."""
-        group = _Group(lines, ATTEMPTS, ray.put([failure] * len(lines)))
         self.groups += 1
-        shares: dict[int, list[int]] = {}
-        for at, (line, _) in enumerate(lines):
-            shares.setdefault(shard_of(None, line, len(self.writers)), []).append(at)
-        for shard, positions in shares.items():
-            picked = [lines[at] for at in positions]
-            self._write(group, picked, [None] * len(picked), positions, shard)
+        self._share(_Group(lines, ATTEMPTS, ray.put([failure] * len(lines))), [None] * len(lines))
 
     def _backstop(self, now: float) -> None:
         """Cancel a download task silent for longer than any line may take; its lines time out.

@@ -203,18 +203,23 @@ class MongoWriter:
         run_id: str,
         lines: Sequence[Line],
         md5s: Sequence[str | None],
-        grays: Sequence[GrayImage | Failure],
-        positions: Sequence[int] | None = None,
+        *groups: Sequence[GrayImage | Failure],
+        positions: Sequence[Sequence[int]] | None = None,
     ) -> Counts:
         """Store a batch: its new images, one event per line, and the counters.
 
-        ``grays`` is the grayscale of a whole group, of which this writer's lines are
-        at ``positions`` (all of it when ``None``): several writers share one group.
+        ``groups`` are the grayscale of whole groups, of which this writer's lines are
+        at ``positions`` (one list per group, in the order of ``lines``); without
+        ``positions``, one group whose lines are all of ``lines``. So K writers share
+        each group, and a writer's batch gathers its share of several groups.
         Returns the outcomes of these lines as stored (a replay returns the first ones).
         Three round trips when nothing was there before: images, events, minute (five
         for the first call in a minute, which creates it).
         """
-        mine = grays if positions is None else [grays[at] for at in positions]
+        if positions is None:
+            (mine,) = groups
+        else:
+            mine = [grays[at] for grays, ats in zip(groups, positions, strict=True) for at in ats]
         items = list(zip(lines, md5s, mine, strict=True))
         return self._retrying(lambda: self._write(run_id, items))
 

@@ -175,6 +175,15 @@ def make_groups(lines: int, grays: list[GrayImage]) -> list[tuple[list, list, li
     ]
 
 
+# One writer's next call: its lines, their md5s, the groups' grayscale refs, positions.
+Batch = tuple[list[Any], list[Any], list[Any], list[list[int]]]
+
+
+def write(writer: Any, batch: Batch) -> Any:
+    lines, md5s, refs, positions = batch
+    return writer.write.remote("ceiling", lines, md5s, *refs, positions=positions)
+
+
 def writers_stage(
     uri: str, db_pid: int, lines: int, counts: list[int], sizes: list[tuple[int, int]]
 ) -> None:
@@ -190,16 +199,26 @@ def writers_stage(
         before, started = cpu_now(labels, db_pid), time.perf_counter()
         in_flight: list[Any] = []
         calls = 0
+        # As the driver does: each writer's batch gathers its share of several groups.
+        batches: dict[int, Batch] = {}
         for (group_lines, md5s, _), grays_ref in zip(groups, refs, strict=True):
             shares: dict[int, list[int]] = {}
             for at, ((line, _), md5) in enumerate(zip(group_lines, md5s, strict=True)):
                 shares.setdefault(shard_of(md5, line, k), []).append(at)
             for shard, at in shares.items():
-                picked = ([group_lines[i] for i in at], [md5s[i] for i in at])
-                in_flight.append(writers[shard].write.remote("ceiling", *picked, grays_ref, at))
-                calls += 1
+                batch = batches.setdefault(shard, ([], [], [], []))
+                batch[0].extend(group_lines[i] for i in at)
+                batch[1].extend(md5s[i] for i in at)
+                batch[2].append(grays_ref)
+                batch[3].append(at)
+                if len(batch[0]) >= GROUP:
+                    in_flight.append(write(writers[shard], batches.pop(shard)))
+                    calls += 1
             while len(in_flight) >= 4 * k:
                 _, in_flight = ray.wait(in_flight, num_returns=1)
+        for shard, batch in batches.items():
+            in_flight.append(write(writers[shard], batch))
+            calls += 1
         ray.get(in_flight)
         wall = time.perf_counter() - started
         cpu = spent(f"writers K={k}", before, cpu_now(labels, db_pid))

@@ -20,7 +20,8 @@ so their start is not counted; the Ray workers started during a stage are listed
   (``LocalGate`` + ``HostSlotActor``), and the old one (one ``HostTokenActor`` call
   per host change, commit 9aa2465, loaded from git). Ceiling: 1 / (actor CPU per line).
 - ``driver``: the real ``run_pipeline`` over lines that fail at once (a private
-  address: ``blocked_address``), one writer, ``--per-host 0`` and 8 (1,000 hosts).
+  address: ``blocked_address``), one writer, ``--per-host 0`` at ``--batch-size`` 32
+  and 128, and ``--per-host 8`` (1,000 hosts).
   Ceiling: 1 / (driver CPU per line).
 """
 
@@ -337,18 +338,21 @@ def slots_stage(db_pid: int, seconds: float, designs: list[str]) -> None:
 # -- the driver ----------------------------------------------------------------------------
 
 
-def driver_stage(uri: str, db_pid: int, lines: int) -> None:
+def driver_stage(uri: str, db_pid: int, lines: int, batch_sizes: list[int]) -> None:
     print(f"driver: {lines} lines that fail at once (blocked_address)", flush=True)
     hosts = random.Random(1).choices(range(1000), k=lines)
     urls = [
         (n, f"http://10.0.{h // 250}.{h % 250 + 1}/photos/2024/{n:08d}/original-1280x960.jpg")
         for n, h in enumerate(hosts, start=1)
     ]
-    for per_host in (0, 8):
-        settings = Settings(mongo_uri=uri, db="ceiling_driver", serve=False, per_host=per_host)
+    for per_host, batch in [(0, size) for size in batch_sizes] + [(8, batch_sizes[0])]:
+        settings = Settings(
+            mongo_uri=uri, db="ceiling_driver", serve=False, per_host=per_host, batch_size=batch
+        )
         writers = start_writers(uri, settings.db, 60.0, 1)
         labels = {pid_of(writers[0]): "writer 0"}
-        for run_id, part in ((f"warm-{per_host}", urls[:2000]), (f"run-{per_host}", urls)):
+        name = f"{per_host}-{batch}"
+        for run_id, part in ((f"warm-{name}", urls[:2000]), (f"run-{name}", urls)):
             ray.get(writers[0].start_run.remote(run_id, "bench", False))
             before, started = cpu_now(labels, db_pid), time.perf_counter()
             counts = run_pipeline(part, writers, run_id, settings)
@@ -356,11 +360,12 @@ def driver_stage(uri: str, db_pid: int, lines: int) -> None:
             if per_host and "slot actor" not in labels.values():
                 labels[pid_of(start_host_slots(per_host, 40.0))] = "slot actor"  # the run's own
         assert counts.lines == lines, counts
-        cpu = spent(f"driver per_host={per_host}", before, cpu_now(labels, db_pid))
+        case = f"per_host={per_host} batch={batch}"
+        cpu = spent(f"driver {case}", before, cpu_now(labels, db_pid))
         note = f"writer {cpu['writer 0'] / lines * 1000:.3f} ms/line"
         if per_host:
             note += f", slot actor {cpu['slot actor'] / lines * 1000:.3f} ms/line"
-        row("driver", f"per_host={per_host}", lines, wall, cpu, ["driver"], note)
+        row("driver", case, lines, wall, cpu, ["driver"], note)
         ray.kill(writers[0])
 
 
@@ -378,6 +383,7 @@ def main() -> None:
     parser.add_argument("--slot-seconds", type=float, default=8.0)
     parser.add_argument("--designs", nargs="*", default=["new", "old"], choices=["new", "old"])
     parser.add_argument("--driver-lines", type=int, default=20_000)
+    parser.add_argument("--driver-batch-sizes", type=int, nargs="+", default=[32, 128])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, EmbeddedMongo(Path(tmp)) as uri:
         db_pid = State.load(Files(Path(tmp)).state).server.pid
@@ -391,7 +397,7 @@ def main() -> None:
             if "slots" in args.only:
                 slots_stage(db_pid, args.slot_seconds, args.designs)
             if "driver" in args.only:
-                driver_stage(uri, db_pid, args.driver_lines)
+                driver_stage(uri, db_pid, args.driver_lines, args.driver_batch_sizes)
         finally:
             ray.shutdown()
     print("\nCPU ms per line: own = one process of the stage; ceiling: lines/s, MongoDB apart")

@@ -175,7 +175,7 @@ class Settings:
         "writer actors, each owning a fixed share of the md5 space, so that an image is "
         "always written by the same one (see docs/scale.md)",
         check=at_least(0),
-        shown="0: one per 4 nodes",
+        shown="0: one per node",
     )
     batch_size: int = _opt(
         32,

@@ -474,13 +474,11 @@ def _bulk(collection: Collection[Any], ops: list[InsertOne[Any] | UpdateOne]) ->
 # Any: Ray's stubs type an actor's methods without their ``.remote``.
 WriterActor: Any = ray.remote(num_cpus=0, max_restarts=10, max_task_retries=10)(MongoWriter)
 
-NODES_PER_WRITER = 4  # --writers 0: one writer for every this many nodes
-
-
 def writer_count(writers: int, nodes: int) -> int:
-    """How many writers a job gets: ``writers``, or with 0 one per ``NODES_PER_WRITER``
-    nodes (one on a single machine)."""
-    return writers or -(-nodes // NODES_PER_WRITER)
+    """How many writers a job gets: ``writers``, or with 0 one per node, so one on a
+    single machine: a writer stores a few times fewer photos per second than the md5
+    and grayscale tasks of a node of a few cores make (docs/scale.md, measured)."""
+    return writers or nodes
 
 
 def start_writers(

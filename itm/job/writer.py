@@ -474,6 +474,7 @@ def _bulk(collection: Collection[Any], ops: list[InsertOne[Any] | UpdateOne]) ->
 # Any: Ray's stubs type an actor's methods without their ``.remote``.
 WriterActor: Any = ray.remote(num_cpus=0, max_restarts=10, max_task_retries=10)(MongoWriter)
 
+
 def writer_count(writers: int, nodes: int) -> int:
     """How many writers a job gets: ``writers``, or with 0 one per node, so one on a
     single machine: a writer stores a few times fewer photos per second than the md5

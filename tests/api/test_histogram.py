@@ -193,6 +193,25 @@ def test_ticks_are_few_and_on_round_minutes(start: int, minutes: int) -> None:
 minute_offsets = st.integers(min_value=-3000, max_value=3000)
 
 
+def window_of(
+    docs: list[tuple[int, int, int]], since: int | None, until: int | None
+) -> tuple[Window, list[dict]] | None:
+    """The window ``resolve_window`` gives generated minutes (offsets, successes, errors)
+    and bounds, with those minutes as documents; ``None`` where there is none."""
+    if since is not None and until is not None and since > until:
+        return None
+    offsets = [offset for offset, _, _ in docs]
+    window = resolve_window(
+        None if since is None else at(since),
+        None if until is None else at(until),
+        at(min(offsets)) if offsets else None,
+        at(max(offsets)) if offsets else None,
+    )
+    if window is None:
+        return None
+    return window, [{"minute": at(o), "success": s, "error": e} for o, s, e in docs]
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     docs=st.lists(st.tuples(minute_offsets, st.integers(0, 50), st.integers(0, 50)), max_size=30),
@@ -202,18 +221,10 @@ minute_offsets = st.integers(min_value=-3000, max_value=3000)
 def test_buckets_are_contiguous_bounded_and_exact(
     docs: list[tuple[int, int, int]], since: int | None, until: int | None
 ) -> None:
-    if since is not None and until is not None and since > until:
+    case = window_of(docs, since, until)
+    if case is None:
         return
-    offsets = [offset for offset, _, _ in docs]
-    window = resolve_window(
-        None if since is None else at(since),
-        None if until is None else at(until),
-        at(min(offsets)) if offsets else None,
-        at(max(offsets)) if offsets else None,
-    )
-    if window is None:
-        return
-    mongo_docs = [{"minute": at(o), "success": s, "error": e} for o, s, e in docs]
+    window, mongo_docs = case
     buckets = fill_buckets(window, mongo_docs)
     assert 1 <= len(buckets) <= MAX_BUCKETS
     assert [b.minute for b in buckets] == [window.since + i * MINUTE for i in range(len(buckets))]
@@ -231,18 +242,10 @@ def test_the_minutes_a_chart_adds_are_truly_empty(
     docs: list[tuple[int, int, int]], since: int | None, until: int | None
 ) -> None:
     """Widening moves only the bounds that came from the data: what it adds has no counts."""
-    if since is not None and until is not None and since > until:
+    case = window_of(docs, since, until)
+    if case is None:
         return
-    offsets = [offset for offset, _, _ in docs]
-    window = resolve_window(
-        None if since is None else at(since),
-        None if until is None else at(until),
-        at(min(offsets)) if offsets else None,
-        at(max(offsets)) if offsets else None,
-    )
-    if window is None:
-        return
-    mongo_docs = [{"minute": at(o), "success": s, "error": e} for o, s, e in docs]
+    window, mongo_docs = case
     drawn = chart_buckets(
         window, fill_buckets(window, mongo_docs), since is not None, until is not None
     )

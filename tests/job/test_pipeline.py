@@ -19,9 +19,10 @@ from pymongo import MongoClient
 from pymongo.database import Database
 
 from itm.config import Settings
-from itm.job import pipeline
+from itm.job import pipeline, tasks
 from itm.job.lines import read_lines
-from itm.job.pipeline import Downloaded, _chunks, groups, run_pipeline
+from itm.job.pipeline import _chunks, run_pipeline
+from itm.job.tasks import Downloaded, groups
 from itm.job.writer import WriterActor
 from tests.support.jobs import PicsumRun, run_itm, write_urls
 from tests.support.servers import FaultServer
@@ -242,7 +243,7 @@ def test_a_download_task_that_does_not_come_back_is_cancelled_and_its_lines_time
     # The server holds /stall for 10 s, past the backstop (deadline - 3 s of "grace"):
     # to the driver, that task is stuck, as if a thread hung in C code.
     monkeypatch.setattr(pipeline, "BACKSTOP_GRACE", -3.0)
-    ray.get(pipeline.md5_group.remote([]))  # a worker is up: the clock is the task's own
+    ray.get(tasks.md5_group.remote([]))  # a worker is up: the clock is the task's own
     with FaultServer() as server:
         urls = write_urls(
             tmp_path, [f"{server.url}/ok.jpg", f"{server.url}/stall", f"{server.url}/status/404"]

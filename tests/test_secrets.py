@@ -6,7 +6,6 @@ without its signature, and the API (TestClient) while the job runs and after.
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from itm.config import Settings
 from itm.store import EVENTS, IMAGES, MONITORING, RUNS
 from tests.support.apiclient import api_client
 from tests.support.jobs import run_itm, write_urls
-from tests.support.servers import PicsumHandler, PicsumServer
+from tests.support.servers import PicsumHandler, RecordingHandler, RecordingPicsum
 from tests.support.waiting import wait_until
 
 SIGNATURE = "5ig0123456789abcdef"
@@ -29,27 +28,18 @@ PASSWORD = "p4ssw0rd"
 SECRETS = (SIGNATURE, TOKEN, CREDENTIAL, PASSWORD, "hunter2")
 
 
-class SignedHandler(PicsumHandler):
+class SignedHandler(RecordingHandler):
     """picsum, but a first hop (``/W/H``) is a 403 unless its query carries the signature."""
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
         if not path.startswith("/id/"):
-            with self.server.owner.lock:
-                self.server.owner.asked.append(self.path)
+            self.record()
             if SIGNATURE not in query:
                 self.reply(403, b"signature required")
                 return
         self.path = path
-        super().do_GET()
-
-
-class SignedPicsum(PicsumServer):
-    def __init__(self) -> None:
-        super().__init__(photos=3)
-        self.httpd.RequestHandlerClass = SignedHandler
-        self.lock = threading.Lock()
-        self.asked: list[str] = []
+        PicsumHandler.do_GET(self)  # recorded above
 
 
 def lines_of(base: str) -> list[str]:
@@ -92,7 +82,7 @@ def test_secrets_are_fetched_but_never_stored_nor_served(
 ) -> None:
     settings = Settings(mongo_uri=mongo_uri, db=db.name)
     with (
-        SignedPicsum() as server,
+        RecordingPicsum(photos=3, handler=SignedHandler) as server,
         api_client(create_app(settings)) as client,
         ThreadPoolExecutor(1) as pool,
     ):

@@ -8,7 +8,6 @@ FastAPI's TestClient.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,32 +24,9 @@ from itm.outcomes import Failure
 from tests.support.apiclient import api_client
 from tests.support.consistency import assert_consistent
 from tests.support.jobs import run_itm, write_urls
-from tests.support.servers import PicsumHandler, PicsumServer
+from tests.support.servers import RecordingPicsum
 
 LINES = 40
-
-
-class RecordingHandler(PicsumHandler):
-    def do_GET(self) -> None:
-        if not self.path.startswith("/id/"):  # the first hop of a line: its own path
-            with self.server.owner.lock:
-                self.server.owner.asked.append(self.path)
-        super().do_GET()
-
-
-class RecordingPicsum(PicsumServer):
-    """A picsum that records the path of every line asked of it (redirects aside)."""
-
-    def __init__(self) -> None:
-        super().__init__(photos=4)
-        self.httpd.RequestHandlerClass = RecordingHandler
-        self.lock = threading.Lock()
-        self.asked: list[str] = []
-
-    def take(self) -> list[str]:
-        with self.lock:
-            asked, self.asked = self.asked, []
-        return sorted(asked)
 
 
 def mixed(base: str) -> list[str]:

@@ -249,3 +249,33 @@ class FaultServer(LocalServer):
     def __exit__(self, *exc: object) -> None:
         self.stopping.set()
         super().__exit__(*exc)
+
+
+class RecordingHandler(PicsumHandler):
+    """``PicsumHandler`` that records the first hop of every line (its own path)."""
+
+    def do_GET(self) -> None:
+        if not self.path.startswith("/id/"):  # a redirect's target is no line of its own
+            self.record()
+        super().do_GET()
+
+    def record(self) -> None:
+        server: RecordingPicsum = self.server.owner
+        with server.asked_lock:
+            server.asked.append(self.path)
+
+
+class RecordingPicsum(PicsumServer):
+    """A picsum that records the path of every line asked of it (redirects aside)."""
+
+    def __init__(self, photos: int = 4, handler: type[RecordingHandler] = RecordingHandler) -> None:
+        super().__init__(photos=photos)
+        self.httpd.RequestHandlerClass = handler
+        self.asked_lock = threading.Lock()
+        self.asked: list[str] = []
+
+    def take(self) -> list[str]:
+        """The paths asked since the last ``take``, sorted."""
+        with self.asked_lock:
+            asked, self.asked = self.asked, []
+        return sorted(asked)

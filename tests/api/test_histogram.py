@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -193,6 +194,20 @@ def test_ticks_are_few_and_on_round_minutes(start: int, minutes: int) -> None:
 minute_offsets = st.integers(min_value=-3000, max_value=3000)
 
 
+def any_window(test: Callable[..., None]) -> Callable[..., None]:
+    """The property ``test`` over generated minutes (offsets, successes, errors) and
+    optional bounds, in minutes."""
+    return settings(max_examples=200, deadline=None)(
+        given(
+            docs=st.lists(
+                st.tuples(minute_offsets, st.integers(0, 50), st.integers(0, 50)), max_size=30
+            ),
+            since=st.none() | minute_offsets,
+            until=st.none() | minute_offsets,
+        )(test)
+    )
+
+
 def window_of(
     docs: list[tuple[int, int, int]], since: int | None, until: int | None
 ) -> tuple[Window, list[dict]] | None:
@@ -212,12 +227,7 @@ def window_of(
     return window, [{"minute": at(o), "success": s, "error": e} for o, s, e in docs]
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    docs=st.lists(st.tuples(minute_offsets, st.integers(0, 50), st.integers(0, 50)), max_size=30),
-    since=st.none() | minute_offsets,
-    until=st.none() | minute_offsets,
-)
+@any_window
 def test_buckets_are_contiguous_bounded_and_exact(
     docs: list[tuple[int, int, int]], since: int | None, until: int | None
 ) -> None:
@@ -232,12 +242,7 @@ def test_buckets_are_contiguous_bounded_and_exact(
     assert totals(buckets) == Totals(sum(s for s, _ in inside), sum(e for _, e in inside))
 
 
-@settings(max_examples=200, deadline=None)
-@given(
-    docs=st.lists(st.tuples(minute_offsets, st.integers(0, 50), st.integers(0, 50)), max_size=30),
-    since=st.none() | minute_offsets,
-    until=st.none() | minute_offsets,
-)
+@any_window
 def test_the_minutes_a_chart_adds_are_truly_empty(
     docs: list[tuple[int, int, int]], since: int | None, until: int | None
 ) -> None:
